@@ -1,0 +1,179 @@
+//! `deputy`: run LLM sub-agents in the background.
+//!
+//! Today the binary has one command, `deputy demo`, which drives the
+//! registry the way an orchestrator will: it launches background tasks under
+//! a small cap and prints every admission, queue wait and result as it
+//! happens. `run`, `chat`, `serve` and live config reload arrive with the CLI
+//! issue.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use deputy_registry::{
+    Registry, RegistryEvent, SettingsHandle, SubagentSettings, TaskSpec, TaskStatus,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "deputy",
+    version,
+    about = "Run LLM sub-agents in the background"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Launch simulated background tasks through the registry and show the
+    /// cap, the queue and exactly-once delivery at work (offline).
+    Demo {
+        /// How many background tasks to launch.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        tasks: u16,
+        /// How many may run at once (`[agent.subagents] max_concurrent`).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+        cap: u16,
+        /// Simulated work time of each task, in milliseconds.
+        #[arg(long, default_value_t = 300)]
+        work_ms: u64,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: cannot start the async runtime: {error}"
+            );
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            let _ = writeln!(std::io::stderr(), "error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo {
+            tasks,
+            cap,
+            work_ms,
+        } => demo(tasks, usize::from(cap), Duration::from_millis(work_ms)).await,
+    }
+}
+
+async fn demo(tasks: u16, cap: usize, work: Duration) -> anyhow::Result<()> {
+    let settings = SubagentSettings::default()
+        .with_max_concurrent(cap)
+        .context("invalid --cap")?;
+    let registry = Registry::builder()
+        .settings(SettingsHandle::new(settings))
+        .build();
+    let mut events = registry.subscribe();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "deputy demo (offline): {tasks} background tasks, max_concurrent = {cap}, {} ms of simulated work each",
+        work.as_millis()
+    )?;
+    drop(out);
+
+    let root = registry
+        .spawn_root(
+            TaskSpec::new("orchestrator", "demo"),
+            move |ctx| async move {
+                let mut ids = Vec::new();
+                for n in 1..=tasks {
+                    let spec = TaskSpec::new("worker", format!("task {n}"))
+                        .parent(ctx.id())
+                        .background(true);
+                    let spawned = ctx
+                        .registry()
+                        .spawn(spec, move |task| async move {
+                            tokio::time::sleep(work).await;
+                            Ok(format!("{} done", task.task()))
+                        })
+                        .map_err(|error| deputy_registry::TaskFailure::other(error.to_string()))?;
+                    ids.push(spawned.id);
+                }
+                let mut collected = 0;
+                while collected < ids.len() {
+                    for id in &ids {
+                        let outcome = ctx.registry().wait(*id, None).await.map_err(|error| {
+                            deputy_registry::TaskFailure::other(error.to_string())
+                        })?;
+                        if outcome.newly_delivered {
+                            collected += 1;
+                        }
+                    }
+                }
+                Ok(format!("collected {collected} results, each exactly once"))
+            },
+        )
+        .context("could not start the demo run")?;
+
+    let printer = tokio::spawn(async move {
+        let mut out = std::io::stdout();
+        while let Ok(event) = events.recv().await {
+            let line = match event {
+                RegistryEvent::Queued {
+                    task_id, queued, ..
+                } => {
+                    format!("  queued   {}  ({queued} waiting)", task_id.short())
+                }
+                RegistryEvent::Started {
+                    task_id,
+                    running,
+                    max_concurrent,
+                    queued_for,
+                    ..
+                } => format!(
+                    "  started  {}  ({running}/{max_concurrent} slots, waited {} ms)",
+                    task_id.short(),
+                    queued_for.as_millis()
+                ),
+                RegistryEvent::Finished {
+                    task_id, status, ..
+                } => {
+                    format!("  finished {}  {status}", task_id.short())
+                }
+                _ => continue,
+            };
+            if writeln!(out, "{line}").is_err() {
+                break;
+            }
+        }
+    });
+
+    let outcome = registry.wait(root.id, None).await?;
+    registry.shutdown(Duration::from_secs(1)).await;
+    printer.abort();
+    let mut out = std::io::stdout().lock();
+    match (
+        outcome.task.status,
+        outcome.task.output,
+        outcome.task.failure,
+    ) {
+        (TaskStatus::Completed, Some(answer), _) => writeln!(out, "{answer}")?,
+        (status, _, failure) => anyhow::bail!(
+            "the demo run ended {status}: {}",
+            failure.map_or_else(|| "no detail".to_owned(), |f| f.to_string())
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,537 @@
+//! The public face of the registry: spawn, cancel, read, wait, deliver.
+
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::{CancelOutcome, SpawnError, UnknownTask};
+use crate::event::RegistryEvent;
+use crate::hook::{HookFailure, HookStack, SubagentStartEvent, SubagentStopEvent};
+use crate::id::TaskId;
+use crate::live::SettingsHandle;
+use crate::load::{AgentLoadSnapshot, Clock, LoadTracker, TokioClock};
+use crate::selector::{AgentCandidate, Selection, SelectionError, SelectionRequest, Selector};
+use crate::settings::SubagentSettings;
+use crate::snapshot::{TaskFilter, TaskSnapshot, WaitOutcome};
+use crate::spec::TaskSpec;
+use crate::state::{Admission, LeaveReason, Outcome, QueueExit, State};
+use crate::status::{TaskFailure, TaskStatus};
+use crate::task::{self, TaskContext};
+
+/// Default capacity of the lifecycle event channel.
+pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
+
+/// Admission, lifecycle and delivery for background sub-agents.
+///
+/// Cheap to clone; every clone is the same registry. See the crate docs for
+/// an example and ARCHITECTURE.md for the invariants it keeps.
+#[derive(Clone)]
+pub struct Registry {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    hooks: HookStack,
+    tracker: TaskTracker,
+    root_token: CancellationToken,
+    events: broadcast::Sender<RegistryEvent>,
+    settings: SettingsHandle,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("stats", &self.stats())
+            .field("hooks", &self.shared.hooks)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer to a successful spawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Spawned {
+    /// The new task.
+    pub id: TaskId,
+    /// `Running` if it got a slot at once, `Queued` if it waits for one.
+    pub status: TaskStatus,
+}
+
+/// Counts that describe the registry right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RegistryStats {
+    /// Slots held (at most `max_concurrent` at every admission).
+    pub slots_in_use: usize,
+    /// Sub-agents running, including foreground children on a lent slot.
+    pub running: usize,
+    /// Sub-agents waiting for a slot.
+    pub queued: usize,
+    /// The cap in force.
+    pub max_concurrent: usize,
+    /// Finished tasks kept for reading.
+    pub retained_finished: usize,
+    /// Finished tasks whose result has not been handed over.
+    pub undelivered: usize,
+    /// Every task the registry holds, in any state.
+    pub tracked: usize,
+    /// Spawns accepted since start.
+    pub spawned: u64,
+    /// Spawns refused since start.
+    pub refused: u64,
+    /// Hook calls that errored, panicked or timed out.
+    pub hook_failures: u64,
+    /// Finished tasks evicted before anyone read them (see `max_finished`).
+    pub evicted_undelivered: u64,
+}
+
+/// How a shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Whether every task ended on its own within the drain time.
+    pub drained: bool,
+    /// Tasks cancelled because they did not.
+    pub cancelled: usize,
+}
+
+/// Builds a [`Registry`].
+#[derive(Debug)]
+pub struct RegistryBuilder {
+    settings: SettingsHandle,
+    hooks: HookStack,
+    clock: Arc<dyn Clock>,
+    seed: u64,
+    event_capacity: usize,
+}
+
+impl Default for RegistryBuilder {
+    fn default() -> Self {
+        Self {
+            settings: SettingsHandle::default(),
+            hooks: HookStack::new(),
+            clock: Arc::new(TokioClock),
+            seed: 0x5eed_de97,
+            event_capacity: DEFAULT_EVENT_CAPACITY,
+        }
+    }
+}
+
+impl RegistryBuilder {
+    /// The live settings to follow (default: the defaults, never changed).
+    #[must_use]
+    pub fn settings(mut self, settings: SettingsHandle) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// The hooks to run, in their order.
+    #[must_use]
+    pub fn hooks(mut self, hooks: HookStack) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
+    /// The clock the load tracker reads.
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Seed for the selector's random choices (`p2c`).
+    #[must_use]
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Capacity of the lifecycle event channel (at least 1).
+    #[must_use]
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity.max(1);
+        self
+    }
+
+    /// Builds the registry and starts its housekeeping task, which applies
+    /// new settings the moment they are published and runs the
+    /// `queue_poll_ms` sweep.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime, like `tokio::spawn`.
+    pub fn build(self) -> Registry {
+        let (events, _) = broadcast::channel(self.event_capacity);
+        let state = State::new(
+            self.settings.subscribe(),
+            LoadTracker::new(self.clock),
+            Selector::with_seed(self.seed),
+            events.clone(),
+        );
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            hooks: self.hooks,
+            tracker: TaskTracker::new(),
+            root_token: CancellationToken::new(),
+            events,
+            settings: self.settings,
+        });
+        tokio::spawn(housekeeping(Arc::downgrade(&shared)));
+        Registry { shared }
+    }
+}
+
+/// Applies published settings at once and sweeps every `queue_poll_ms`
+/// until the registry is dropped.
+async fn housekeeping(shared: Weak<Shared>) {
+    let Some(mut changes) = shared.upgrade().map(|shared| shared.settings.subscribe()) else {
+        return;
+    };
+    loop {
+        let Some(poll) = shared
+            .upgrade()
+            .map(|shared| shared.state.lock().settings().queue_poll())
+        else {
+            return;
+        };
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = tokio::time::sleep(poll) => {}
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.state.lock().sweep();
+    }
+}
+
+impl Registry {
+    /// A builder with default settings and no hooks.
+    pub fn builder() -> RegistryBuilder {
+        RegistryBuilder::default()
+    }
+
+    /// Starts a sub-agent task, or queues it until a slot is free.
+    ///
+    /// Returns at once with the new id and whether it is running or queued.
+    /// `work` is called once a slot is granted and the start hooks allowed
+    /// it; its future is dropped as soon as the task is cancelled (directly
+    /// or through an ancestor) and is failed with `timeout` past
+    /// `spec.time_limit`. A panic in it fails the task with `panicked`.
+    ///
+    /// A foreground spec (`background = false`) whose parent is running on
+    /// a slot borrows that slot while the parent awaits it, so nested calls
+    /// never deadlock the cap.
+    ///
+    /// # Errors
+    /// Refused at once, leaving nothing behind, when sub-agents are
+    /// disabled, the queue is full, the cap is full and `queue_wait_ms` is
+    /// 0, the parent is unknown or not running, or the registry is shutting
+    /// down.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub fn spawn<F, Fut>(&self, spec: TaskSpec, work: F) -> Result<Spawned, SpawnError>
+    where
+        F: FnOnce(TaskContext) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<String, TaskFailure>> + Send + 'static,
+    {
+        self.spawn_inner(spec, false, work)
+    }
+
+    /// Starts a root run: an orchestrator whose sub-agents are its children.
+    ///
+    /// A root run holds no slot, is never queued, runs no hooks and is not
+    /// refused when sub-agents are disabled; it exists so its children have
+    /// a parent to cascade cancels from and to deliver results to.
+    ///
+    /// # Errors
+    /// When the registry is shutting down or the spec is unusable.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub fn spawn_root<F, Fut>(&self, spec: TaskSpec, work: F) -> Result<Spawned, SpawnError>
+    where
+        F: FnOnce(TaskContext) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<String, TaskFailure>> + Send + 'static,
+    {
+        self.spawn_inner(spec, true, work)
+    }
+
+    fn spawn_inner<F, Fut>(
+        &self,
+        spec: TaskSpec,
+        root: bool,
+        work: F,
+    ) -> Result<Spawned, SpawnError>
+    where
+        F: FnOnce(TaskContext) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<String, TaskFailure>> + Send + 'static,
+    {
+        let time_limit = spec.time_limit;
+        let new = self
+            .shared
+            .state
+            .lock()
+            .spawn(spec, root, &self.shared.root_token)?;
+        let spawned = Spawned {
+            id: new.cell.id,
+            status: match new.admission {
+                Admission::Running => TaskStatus::Running,
+                Admission::Queued { .. } => TaskStatus::Queued,
+            },
+        };
+        self.shared.tracker.spawn(task::run(
+            self.clone(),
+            new.cell,
+            new.admission,
+            time_limit,
+            work,
+        ));
+        Ok(spawned)
+    }
+
+    /// Cancels a queued or running task and, through its cancel token, all
+    /// of its descendants.
+    ///
+    /// Says truthfully what happened: cancelled (and from which status), or
+    /// already finished (and how). A queued task is settled at once; a
+    /// running one is marked cancelled at once and its work is dropped at
+    /// its next await point, which releases its slot.
+    ///
+    /// # Errors
+    /// When the id is unknown.
+    pub fn cancel(&self, id: TaskId) -> Result<CancelOutcome, UnknownTask> {
+        self.shared.state.lock().cancel(id)
+    }
+
+    /// The task's state now, without marking its result delivered.
+    pub fn get(&self, id: TaskId) -> Option<TaskSnapshot> {
+        self.shared.state.lock().snapshot(id, Instant::now())
+    }
+
+    /// Tasks matching `filter`, in spawn order.
+    pub fn list(&self, filter: &TaskFilter) -> Vec<TaskSnapshot> {
+        self.shared.state.lock().list(filter)
+    }
+
+    /// Waits until the task has finished, or until `timeout` (`None`: no
+    /// limit), and returns its state.
+    ///
+    /// A finished task's result is marked delivered by this call, so
+    /// [`take_finished`](Self::take_finished) never hands it over again. A
+    /// wait that times out returns the current (queued or running) state
+    /// and consumes nothing.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the result is marked delivered only in the same
+    /// synchronous step that returns it, so dropping the future before it
+    /// completes consumes nothing.
+    ///
+    /// # Errors
+    /// When the id is unknown (never spawned, or evicted after delivery).
+    pub async fn wait(
+        &self,
+        id: TaskId,
+        timeout: Option<Duration>,
+    ) -> Result<WaitOutcome, UnknownTask> {
+        let cell = self.shared.state.lock().cell(id)?;
+        let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
+        loop {
+            let notified = cell.done.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(outcome) = self.shared.state.lock().collect(id)? {
+                return Ok(outcome);
+            }
+            match deadline {
+                None => notified.await,
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        let task = self
+                            .shared
+                            .state
+                            .lock()
+                            .snapshot(id, Instant::now())
+                            .ok_or(UnknownTask(id))?;
+                        return Ok(WaitOutcome {
+                            task,
+                            newly_delivered: false,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every finished child of `parent` (or, for `None`, every finished
+    /// parentless task) whose result has not been handed over yet, oldest
+    /// first; each is marked delivered and never returned again.
+    pub fn take_finished(&self, parent: Option<TaskId>) -> Vec<TaskSnapshot> {
+        self.shared.state.lock().take_finished(parent)
+    }
+
+    /// A stream of lifecycle events from now on (see [`RegistryEvent`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<RegistryEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Counts that describe the registry now.
+    pub fn stats(&self) -> RegistryStats {
+        let mut state = self.shared.state.lock();
+        state.refresh_settings();
+        state.stats()
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Arc<SubagentSettings> {
+        let mut state = self.shared.state.lock();
+        state.refresh_settings();
+        state.settings().clone()
+    }
+
+    /// The handle the registry follows; publish on it to change settings.
+    pub fn settings_handle(&self) -> &SettingsHandle {
+        &self.shared.settings
+    }
+
+    /// Sets (or, with `None`, removes) an agent's own cap. A waiter held
+    /// back by its agent's cap does not block waiters of other agents.
+    /// Raising or removing a cap admits waiting tasks at once.
+    pub fn set_agent_limit(&self, agent: &str, max_concurrent: Option<usize>) {
+        self.shared
+            .state
+            .lock()
+            .set_agent_cap(agent, max_concurrent);
+    }
+
+    /// Picks an agent for a task (see [`Selector`]) using the live load and
+    /// strategy, and records the selection.
+    ///
+    /// # Errors
+    /// When no agent fits (see [`SelectionError`]).
+    pub fn select_agent(
+        &self,
+        request: &SelectionRequest<'_>,
+        candidates: &[AgentCandidate],
+    ) -> Result<Selection, SelectionError> {
+        let mut state = self.shared.state.lock();
+        state.refresh_settings();
+        let tuning = *state.settings().selector();
+        let state = &mut *state;
+        let load = &state.load;
+        let selection = state
+            .selector
+            .select(request, candidates, &tuning, |agent| {
+                load.snapshot(agent, tuning.load_window)
+            })?;
+        state
+            .load
+            .record_selection(&selection.agent, tuning.load_window);
+        Ok(selection)
+    }
+
+    /// One agent's load as the selector sees it.
+    pub fn agent_load(&self, agent: &str) -> AgentLoadSnapshot {
+        let state = self.shared.state.lock();
+        state
+            .load
+            .snapshot(agent, state.settings().selector().load_window)
+    }
+
+    /// Stops taking new tasks, lets running and queued ones finish for up
+    /// to `drain`, then cancels the rest and waits until every task has
+    /// settled and every pending SubagentStop has run.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropping the future leaves the registry refusing new
+    /// tasks, with whatever was cancelled so far cancelled.
+    pub async fn shutdown(&self, drain: Duration) -> ShutdownReport {
+        self.shared.state.lock().begin_shutdown();
+        self.shared.tracker.close();
+        if tokio::time::timeout(drain, self.shared.tracker.wait())
+            .await
+            .is_ok()
+        {
+            return ShutdownReport {
+                drained: true,
+                cancelled: 0,
+            };
+        }
+        let active = self.shared.state.lock().active_ids();
+        let cancelled = active
+            .into_iter()
+            .filter(|id| matches!(self.cancel(*id), Ok(CancelOutcome::Cancelled { .. })))
+            .count();
+        self.shared.root_token.cancel();
+        self.shared.tracker.wait().await;
+        ShutdownReport {
+            drained: false,
+            cancelled,
+        }
+    }
+
+    // ----- used by the task future ---------------------------------------
+
+    pub(crate) fn hooks(&self) -> &HookStack {
+        &self.shared.hooks
+    }
+
+    pub(crate) fn leave_queue(&self, id: TaskId, reason: LeaveReason) -> QueueExit {
+        self.shared.state.lock().leave_queue(id, reason)
+    }
+
+    pub(crate) fn finish(
+        &self,
+        id: TaskId,
+        outcome: Outcome,
+        stop_event_wanted: bool,
+    ) -> Option<SubagentStopEvent> {
+        self.shared
+            .state
+            .lock()
+            .finish(id, outcome, stop_event_wanted)
+    }
+
+    pub(crate) fn abandon(&self, id: TaskId, start_began: bool) -> Option<SubagentStopEvent> {
+        let wants_stop = start_began && self.shared.hooks.has_stop_hooks();
+        self.shared.state.lock().abandon(id, wants_stop)
+    }
+
+    pub(crate) fn start_event(&self, id: TaskId) -> Option<SubagentStartEvent> {
+        self.shared.state.lock().start_event(id)
+    }
+
+    pub(crate) async fn run_stop_hooks(&self, event: &SubagentStopEvent) {
+        let id = event.task.id;
+        let report = |failure| self.report_hook_failure(id, failure);
+        self.shared.hooks.run_stop(event, &report).await;
+    }
+
+    pub(crate) fn report_hook_failure(&self, id: TaskId, failure: HookFailure) {
+        tracing::warn!(
+            task_id = %id,
+            hook = %failure.hook,
+            event = failure.event.as_str(),
+            reason = %failure.reason,
+            "hook failed; the task goes on"
+        );
+        self.shared
+            .state
+            .lock()
+            .emit_hook_failure(RegistryEvent::HookFailed {
+                task_id: id,
+                hook: failure.hook,
+                event: failure.event,
+                reason: failure.reason,
+            });
+    }
+}

@@ -1,0 +1,253 @@
+//! One task's life as a future: wait for a slot, run the start hooks, run
+//! the work, settle, run the stop hooks.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::hook::{StartVerdict, panic_message};
+use crate::id::TaskId;
+use crate::registry::Registry;
+use crate::spec::TaskLabels;
+use crate::state::{Admission, LeaveReason, Outcome, QueueExit, TaskCell};
+use crate::status::{FailureKind, TaskFailure};
+use crate::usage::Usage;
+
+/// What a task's work gets: who it is, its cancel token, where to record
+/// usage, and the context its start hooks added.
+#[derive(Clone)]
+pub struct TaskContext {
+    cell: Arc<TaskCell>,
+    registry: Registry,
+    additional_context: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("id", &self.cell.id)
+            .field("agent", &self.cell.agent)
+            .field("depth", &self.cell.depth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskContext {
+    /// This task's id; pass it as the parent of tasks it spawns.
+    pub fn id(&self) -> TaskId {
+        self.cell.id
+    }
+
+    /// The task that spawned this one.
+    pub fn parent_id(&self) -> Option<TaskId> {
+        self.cell.parent
+    }
+
+    /// The agent running the task.
+    pub fn agent(&self) -> &Arc<str> {
+        &self.cell.agent
+    }
+
+    /// The task text.
+    pub fn task(&self) -> &Arc<str> {
+        &self.cell.task
+    }
+
+    /// Provider and model labels.
+    pub fn labels(&self) -> &TaskLabels {
+        &self.cell.labels
+    }
+
+    /// Nesting depth: 0 for a root run, 1 for its sub-agents, and so on.
+    pub fn depth(&self) -> u32 {
+        self.cell.depth
+    }
+
+    /// Cancelled when this task or any ancestor is stopped. The registry
+    /// drops the work future as soon as it is cancelled; the token is for
+    /// work that wants to stop cleanly first or to pass cancellation to
+    /// things it started.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cell.token
+    }
+
+    /// Adds the tokens of one provider call to this task's usage, which
+    /// SubagentStop reports.
+    pub fn record_usage(&self, usage: Usage) {
+        *self.cell.usage.lock() += usage;
+    }
+
+    /// Usage recorded so far.
+    pub fn usage(&self) -> Usage {
+        *self.cell.usage.lock()
+    }
+
+    /// Text the start hooks added for the agent to read, joined in hook order.
+    pub fn additional_context(&self) -> Option<&str> {
+        self.additional_context.as_deref()
+    }
+
+    /// The registry running this task, for spawning children.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+/// Settles the task if its future is dropped before it did so itself (an
+/// abort, or the runtime shutting down), so no slot is leaked and a started
+/// task still gets its stop hooks when a runtime is there to run them.
+struct SettleGuard {
+    registry: Registry,
+    id: TaskId,
+    start_began: bool,
+    armed: bool,
+}
+
+impl Drop for SettleGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let stop = self.registry.abandon(self.id, self.start_began);
+        if let Some(event) = stop
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let registry = self.registry.clone();
+            runtime.spawn(async move { registry.run_stop_hooks(&event).await });
+        }
+    }
+}
+
+pub(crate) async fn run<F, Fut>(
+    registry: Registry,
+    cell: Arc<TaskCell>,
+    admission: Admission,
+    time_limit: Option<Duration>,
+    work: F,
+) where
+    F: FnOnce(TaskContext) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<String, TaskFailure>> + Send + 'static,
+{
+    let id = cell.id;
+    let mut guard = SettleGuard {
+        registry: registry.clone(),
+        id,
+        start_began: false,
+        armed: true,
+    };
+
+    if let Admission::Queued { admitted, deadline } = admission {
+        let exit = tokio::select! {
+            biased;
+            handed_over = admitted => match handed_over {
+                Ok(()) => QueueExit::Admitted,
+                // Dropped by a cancel, which already settled the task.
+                Err(_) => registry.leave_queue(id, LeaveReason::Cancelled),
+            },
+            () = cell.token.cancelled() => registry.leave_queue(id, LeaveReason::Cancelled),
+            () = tokio::time::sleep_until(deadline) => registry.leave_queue(id, LeaveReason::Deadline),
+        };
+        if exit == QueueExit::Ended {
+            guard.armed = false;
+            return;
+        }
+    }
+
+    if cell.token.is_cancelled() {
+        registry.finish(id, Outcome::Cancelled, false);
+        guard.armed = false;
+        return;
+    }
+
+    // Root runs are not sub-agents: no hooks.
+    guard.start_began = !cell.root;
+    let mut additional_context = None;
+    let mut denial = None;
+    if guard.start_began
+        && registry.hooks().has_start_hooks()
+        && let Some(event) = registry.start_event(id)
+    {
+        let report = |failure| registry.report_hook_failure(id, failure);
+        match registry.hooks().run_start(&event, &report).await {
+            StartVerdict::Allowed { context } => additional_context = context.map(Arc::from),
+            StartVerdict::Denied { hook, reason } => {
+                denial = Some(TaskFailure::new(
+                    FailureKind::DeniedByHook,
+                    format!("denied by hook {hook}: {reason}"),
+                ));
+            }
+        }
+    }
+
+    let outcome = match denial {
+        Some(failure) => Outcome::Failed(failure),
+        None => {
+            let context = TaskContext {
+                cell: cell.clone(),
+                registry: registry.clone(),
+                additional_context,
+            };
+            tokio::select! {
+                biased;
+                () = cell.token.cancelled() => Outcome::Cancelled,
+                outcome = execute(work, context, time_limit) => outcome,
+            }
+        }
+    };
+
+    let wants_stop = guard.start_began && registry.hooks().has_stop_hooks();
+    let stop = registry.finish(id, outcome, wants_stop);
+    guard.armed = false;
+    if let Some(event) = stop {
+        registry.run_stop_hooks(&event).await;
+    }
+}
+
+/// Runs the work with its time limit, turning panics into failures.
+async fn execute<F, Fut>(work: F, context: TaskContext, time_limit: Option<Duration>) -> Outcome
+where
+    F: FnOnce(TaskContext) -> Fut,
+    Fut: Future<Output = Result<String, TaskFailure>>,
+{
+    let future = match std::panic::catch_unwind(AssertUnwindSafe(move || work(context))) {
+        Ok(future) => future,
+        Err(panic) => return Outcome::Failed(panicked(&*panic)),
+    };
+    let guarded = AssertUnwindSafe(future).catch_unwind();
+    let result = match time_limit {
+        None => guarded.await,
+        Some(limit) => match tokio::time::timeout(limit, guarded).await {
+            Ok(result) => result,
+            Err(_elapsed) => {
+                return Outcome::Failed(TaskFailure::new(
+                    FailureKind::Timeout,
+                    format!("ran past its time limit of {}", describe(limit)),
+                ));
+            }
+        },
+    };
+    match result {
+        Ok(Ok(text)) => Outcome::Completed(text),
+        Ok(Err(failure)) => Outcome::Failed(failure),
+        Err(panic) => Outcome::Failed(panicked(&*panic)),
+    }
+}
+
+fn panicked(payload: &(dyn std::any::Any + Send)) -> TaskFailure {
+    TaskFailure::new(
+        FailureKind::Panicked,
+        format!("the task panicked: {}", panic_message(payload)),
+    )
+}
+
+/// "120 s" for whole seconds, "1500 ms" otherwise.
+fn describe(duration: Duration) -> String {
+    if duration.subsec_nanos() == 0 {
+        format!("{} s", duration.as_secs())
+    } else {
+        format!("{} ms", duration.as_millis())
+    }
+}
