@@ -716,6 +716,12 @@ impl State {
             .or_default()
             .insert(finish_seq, id);
 
+        if status != TaskStatus::Completed {
+            // Nobody is left to await or collect its descendants' work: stop
+            // them. A completed task's background children keep running (the
+            // agent's on_finish policy has already decided their fate).
+            cell.token.cancel();
+        }
         if !cell.root {
             self.emit(RegistryEvent::Finished {
                 task_id: id,
