@@ -1,1 +1,288 @@
-fn main() {}
+//! Registry benchmarks, each measured side by side with a bare
+//! `tokio::sync::Semaphore` + `tokio::spawn` baseline in the same process:
+//!
+//! * throughput of spawn → run → complete → collect for no-op tasks, with
+//!   room for all of them and with a small cap (so most of them queue);
+//! * hand-off latency: from the moment a task's work returns to the moment
+//!   the next queued task's work starts, at cap 1;
+//! * memory per queued task, from the growth of resident memory while
+//!   100,000 tasks wait.
+//!
+//! Run with `cargo bench -p deputy-registry --bench registry`. Figures are
+//! printed, not asserted; BENCHMARKS.md records them and the targets.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark harness prints its figures and may panic on setup errors"
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deputy_registry::{RawSubagentSettings, Registry, SettingsHandle, SubagentSettings, TaskSpec};
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+
+const THROUGHPUT_TASKS: usize = 200_000;
+const HANDOFF_SAMPLES: usize = 20_000;
+const MEMORY_TASKS: usize = 100_000;
+const ROUNDS: usize = 3;
+
+/// Each memory figure is measured in a fresh process of this same binary, so
+/// memory freed by earlier measurements cannot hide growth.
+const MEMORY_CHILD_FLAG: &str = "--memory-child";
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(position) = args.iter().position(|arg| arg == MEMORY_CHILD_FLAG) {
+        let bytes = match args.get(position + 1).map(String::as_str) {
+            Some("registry") => runtime.block_on(registry_queued_memory()),
+            _ => runtime.block_on(baseline_queued_memory()),
+        };
+        println!("{bytes}");
+        return;
+    }
+    println!(
+        "deputy-registry benchmarks ({} worker threads, best of {ROUNDS} rounds where noted)\n",
+        2
+    );
+
+    println!("throughput: spawn -> run -> complete -> collect, {THROUGHPUT_TASKS} no-op tasks");
+    for cap in [THROUGHPUT_TASKS, 64] {
+        let registry_rate = best_of(|| runtime.block_on(registry_throughput(cap)));
+        let baseline_rate = best_of(|| runtime.block_on(baseline_throughput(cap)));
+        println!(
+            "  cap {cap:>7}: registry {:>10.0} tasks/s   baseline {:>10.0} tasks/s   ratio {:.2}   overhead {:>5.2} us/task",
+            registry_rate,
+            baseline_rate,
+            registry_rate / baseline_rate,
+            (1.0 / registry_rate - 1.0 / baseline_rate) * 1e6,
+        );
+    }
+
+    println!(
+        "\nhand-off latency at cap 1: work returns -> next queued task's work starts, {HANDOFF_SAMPLES} samples"
+    );
+    let registry_latency = runtime.block_on(registry_handoff());
+    let baseline_latency = runtime.block_on(baseline_handoff());
+    println!("  registry: {}", describe(&registry_latency));
+    println!("  baseline: {}", describe(&baseline_latency));
+
+    println!("\nmemory per queued task ({MEMORY_TASKS} tasks waiting, resident memory growth)");
+    let registry_bytes = memory_in_child("registry");
+    let baseline_bytes = memory_in_child("baseline");
+    println!("  registry: {registry_bytes:>6.0} bytes/task");
+    println!("  baseline: {baseline_bytes:>6.0} bytes/task (a task parked on Semaphore::acquire)");
+}
+
+fn best_of(mut measure: impl FnMut() -> f64) -> f64 {
+    (0..ROUNDS).map(|_| measure()).fold(0.0, f64::max)
+}
+
+fn registry_with(max_concurrent: usize) -> Registry {
+    let raw = RawSubagentSettings {
+        max_concurrent: Some(i64::try_from(max_concurrent).unwrap()),
+        max_queue: Some(10_000_000),
+        queue_wait_ms: Some(86_400_000),
+        max_finished: Some(10_000_000),
+        ..RawSubagentSettings::default()
+    };
+    let settings = SettingsHandle::new(SubagentSettings::from_raw(raw).unwrap());
+    Registry::builder().settings(settings).build()
+}
+
+async fn registry_throughput(cap: usize) -> f64 {
+    let registry = registry_with(cap);
+    let spec = TaskSpec::new("bench", "no-op").background(true);
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(THROUGHPUT_TASKS);
+    for _ in 0..THROUGHPUT_TASKS {
+        let spawned = registry
+            .spawn(spec.clone(), |_| async { Ok(String::new()) })
+            .unwrap();
+        ids.push(spawned.id);
+    }
+    for id in ids {
+        registry.wait(id, None).await.unwrap();
+    }
+    let rate = THROUGHPUT_TASKS as f64 / started.elapsed().as_secs_f64();
+    registry.shutdown(Duration::from_secs(10)).await;
+    rate
+}
+
+async fn baseline_throughput(cap: usize) -> f64 {
+    let semaphore = Arc::new(Semaphore::new(cap));
+    let started = Instant::now();
+    let mut handles = Vec::with_capacity(THROUGHPUT_TASKS);
+    for _ in 0..THROUGHPUT_TASKS {
+        let semaphore = semaphore.clone();
+        handles.push(tokio::spawn(async move {
+            let _permit = semaphore.acquire_owned().await.unwrap();
+            String::new()
+        }));
+    }
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    THROUGHPUT_TASKS as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Per sample: when the previous task's work returned, when this one's began.
+type Marks = Arc<Mutex<Vec<(Option<Instant>, Option<Instant>)>>>;
+
+fn latencies(marks: &Marks) -> Vec<Duration> {
+    let marks = marks.lock();
+    let mut latencies: Vec<Duration> = marks
+        .windows(2)
+        .filter_map(|pair| Some(pair[1].0?.saturating_duration_since(pair[0].1?)))
+        .collect();
+    latencies.sort_unstable();
+    latencies
+}
+
+async fn registry_handoff() -> Vec<Duration> {
+    let registry = registry_with(1);
+    let marks: Marks = Arc::new(Mutex::new(vec![(None, None); HANDOFF_SAMPLES]));
+    let spec = TaskSpec::new("bench", "chain").background(true);
+    let mut ids = Vec::with_capacity(HANDOFF_SAMPLES);
+    for index in 0..HANDOFF_SAMPLES {
+        let marks = marks.clone();
+        let spawned = registry
+            .spawn(spec.clone(), move |_| async move {
+                marks.lock()[index].0 = Some(Instant::now());
+                // A little work, so the next task is surely queued.
+                std::hint::black_box((0..200).sum::<u64>());
+                marks.lock()[index].1 = Some(Instant::now());
+                Ok(String::new())
+            })
+            .unwrap();
+        ids.push(spawned.id);
+    }
+    for id in ids {
+        registry.wait(id, None).await.unwrap();
+    }
+    registry.shutdown(Duration::from_secs(10)).await;
+    latencies(&marks)
+}
+
+async fn baseline_handoff() -> Vec<Duration> {
+    let semaphore = Arc::new(Semaphore::new(1));
+    let marks: Marks = Arc::new(Mutex::new(vec![(None, None); HANDOFF_SAMPLES]));
+    // Hold the permit while the chain is set up, as the registry's queue is
+    // set up before its first task starts.
+    let hold = semaphore.clone().acquire_owned().await.unwrap();
+    let mut handles = Vec::with_capacity(HANDOFF_SAMPLES);
+    for index in 0..HANDOFF_SAMPLES {
+        let marks = marks.clone();
+        let semaphore = semaphore.clone();
+        handles.push(tokio::spawn(async move {
+            let _permit = semaphore.acquire_owned().await.unwrap();
+            marks.lock()[index].0 = Some(Instant::now());
+            std::hint::black_box((0..200).sum::<u64>());
+            marks.lock()[index].1 = Some(Instant::now());
+        }));
+        // Semaphore waiters are FIFO once queued; yield so each acquire
+        // queues in spawn order.
+        tokio::task::yield_now().await;
+    }
+    drop(hold);
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    latencies(&marks)
+}
+
+fn describe(latencies: &[Duration]) -> String {
+    let at = |q: f64| {
+        let index = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+        latencies[index].as_secs_f64() * 1e6
+    };
+    format!(
+        "p50 {:>6.1} us   p99 {:>6.1} us   max {:>8.1} us   ({} samples)",
+        at(0.50),
+        at(0.99),
+        at(1.0),
+        latencies.len()
+    )
+}
+
+fn memory_in_child(which: &str) -> f64 {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([MEMORY_CHILD_FLAG, which])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn resident_bytes() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|field| field.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0
+}
+
+async fn registry_queued_memory() -> f64 {
+    let registry = registry_with(1);
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let blocker = registry
+        .spawn(
+            TaskSpec::new("bench", "blocker").background(true),
+            |_| async move {
+                let _ = release_rx.await;
+                Ok(String::new())
+            },
+        )
+        .unwrap();
+    let spec = TaskSpec::new("bench", "queued").background(true);
+    let before = resident_bytes();
+    let mut ids = Vec::with_capacity(MEMORY_TASKS);
+    for _ in 0..MEMORY_TASKS {
+        ids.push(
+            registry
+                .spawn(spec.clone(), |_| async { Ok(String::new()) })
+                .unwrap()
+                .id,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let grown = resident_bytes() - before;
+    assert_eq!(registry.stats().queued, MEMORY_TASKS);
+    release_tx.send(()).unwrap();
+    registry.wait(blocker.id, None).await.unwrap();
+    registry.shutdown(Duration::from_secs(30)).await;
+    drop(ids);
+    grown / MEMORY_TASKS as f64
+}
+
+async fn baseline_queued_memory() -> f64 {
+    let semaphore = Arc::new(Semaphore::new(0));
+    let before = resident_bytes();
+    let mut handles = Vec::with_capacity(MEMORY_TASKS);
+    for _ in 0..MEMORY_TASKS {
+        let semaphore = semaphore.clone();
+        handles.push(tokio::spawn(async move {
+            let _permit = semaphore.acquire_owned().await.unwrap();
+            String::new()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let grown = resident_bytes() - before;
+    semaphore.add_permits(MEMORY_TASKS);
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    grown / MEMORY_TASKS as f64
+}

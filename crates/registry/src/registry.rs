@@ -8,7 +8,6 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::{CancelOutcome, SpawnError, UnknownTask};
@@ -41,7 +40,6 @@ struct Shared {
     state: Mutex<State>,
     hooks: HookStack,
     tracker: TaskTracker,
-    root_token: CancellationToken,
     events: broadcast::Sender<RegistryEvent>,
     settings: SettingsHandle,
 }
@@ -176,7 +174,6 @@ impl RegistryBuilder {
             state: Mutex::new(state),
             hooks: self.hooks,
             tracker: TaskTracker::new(),
-            root_token: CancellationToken::new(),
             events,
             settings: self.settings,
         });
@@ -277,11 +274,9 @@ impl Registry {
         Fut: Future<Output = Result<String, TaskFailure>> + Send + 'static,
     {
         let time_limit = spec.time_limit;
-        let new = self
-            .shared
-            .state
-            .lock()
-            .spawn(spec, root, &self.shared.root_token)?;
+        // The id is drawn before the lock is taken, to keep the lock short.
+        let id = TaskId::new_random();
+        let new = self.shared.state.lock().spawn(spec, root, id)?;
         let spawned = Spawned {
             id: new.cell.id,
             status: match new.admission {
@@ -343,6 +338,10 @@ impl Registry {
         id: TaskId,
         timeout: Option<Duration>,
     ) -> Result<WaitOutcome, UnknownTask> {
+        // Most waits find the task finished: one lock, no waiter set up.
+        if let Some(outcome) = self.shared.state.lock().collect(id)? {
+            return Ok(outcome);
+        }
         let cell = self.shared.state.lock().cell(id)?;
         let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
         loop {
@@ -471,7 +470,6 @@ impl Registry {
             .into_iter()
             .filter(|id| matches!(self.cancel(*id), Ok(CancelOutcome::Cancelled { .. })))
             .count();
-        self.shared.root_token.cancel();
         self.shared.tracker.wait().await;
         ShutdownReport {
             drained: false,

@@ -4,11 +4,12 @@
 //! Everything here is synchronous and runs under the registry's one lock;
 //! nothing in this module awaits, and no hook runs from here.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -74,8 +75,6 @@ struct Entry {
     borrowers: VecDeque<TaskId>,
     /// Wakes the task's future when it is admitted from the queue.
     admit: Option<oneshot::Sender<()>>,
-    /// Order in which it finished, for retention.
-    finish_seq: u64,
     delivered_at: Option<Instant>,
 }
 
@@ -86,6 +85,15 @@ struct Entry {
 struct AgentQueue {
     waiters: VecDeque<(u64, TaskId)>,
     live: usize,
+}
+
+/// One parent's finished children, in finish order. `undelivered` counts the
+/// ones not yet handed over; the inbox is dropped when it reaches zero, so
+/// ids delivered by a wait never pile up here.
+#[derive(Debug, Default)]
+struct Inbox {
+    finished: Vec<TaskId>,
+    undelivered: usize,
 }
 
 /// A task just created by [`State::spawn`].
@@ -137,18 +145,21 @@ pub(crate) struct Counters {
 pub(crate) struct State {
     settings: Arc<SubagentSettings>,
     settings_rx: watch::Receiver<Arc<SubagentSettings>>,
-    tasks: HashMap<TaskId, Entry>,
-    queues: HashMap<Arc<str>, AgentQueue>,
+    tasks: FxHashMap<TaskId, Entry>,
+    queues: FxHashMap<Arc<str>, AgentQueue>,
     n_queued: usize,
     slots_in_use: usize,
     n_running_tasks: usize,
-    agent_running: HashMap<Arc<str>, usize>,
-    agent_caps: HashMap<Arc<str>, usize>,
+    agent_running: FxHashMap<Arc<str>, usize>,
+    agent_caps: FxHashMap<Arc<str>, usize>,
     next_seq: u64,
-    /// Finished, not yet delivered tasks by finish order.
-    undelivered: BTreeMap<u64, TaskId>,
-    /// Finished, not yet delivered tasks per parent, by finish order.
-    undelivered_by_parent: HashMap<Option<TaskId>, BTreeMap<u64, TaskId>>,
+    /// Finished tasks in finish order, for last-resort eviction; entries
+    /// delivered or evicted since are stale and skipped.
+    finished_order: VecDeque<TaskId>,
+    /// How many finished tasks have not been delivered.
+    n_undelivered: usize,
+    /// Finished, undelivered tasks per parent.
+    inboxes: FxHashMap<Option<TaskId>, Inbox>,
     /// Delivered tasks by delivery time.
     delivered: VecDeque<(Instant, TaskId)>,
     pub(crate) load: LoadTracker,
@@ -169,16 +180,17 @@ impl State {
         Self {
             settings,
             settings_rx,
-            tasks: HashMap::new(),
-            queues: HashMap::new(),
+            tasks: FxHashMap::default(),
+            queues: FxHashMap::default(),
             n_queued: 0,
             slots_in_use: 0,
             n_running_tasks: 0,
-            agent_running: HashMap::new(),
-            agent_caps: HashMap::new(),
+            agent_running: FxHashMap::default(),
+            agent_caps: FxHashMap::default(),
             next_seq: 0,
-            undelivered: BTreeMap::new(),
-            undelivered_by_parent: HashMap::new(),
+            finished_order: VecDeque::new(),
+            n_undelivered: 0,
+            inboxes: FxHashMap::default(),
             delivered: VecDeque::new(),
             load,
             selector,
@@ -224,8 +236,8 @@ impl State {
     }
 
     fn agent_has_room(
-        agent_running: &HashMap<Arc<str>, usize>,
-        agent_caps: &HashMap<Arc<str>, usize>,
+        agent_running: &FxHashMap<Arc<str>, usize>,
+        agent_caps: &FxHashMap<Arc<str>, usize>,
         agent: &str,
     ) -> bool {
         match agent_caps.get(agent) {
@@ -252,10 +264,10 @@ impl State {
         &mut self,
         spec: TaskSpec,
         root: bool,
-        root_token: &CancellationToken,
+        id: TaskId,
     ) -> Result<NewTask, SpawnError> {
         self.refresh_settings();
-        let result = self.try_spawn(spec, root, root_token);
+        let result = self.try_spawn(spec, root, id);
         match &result {
             Ok(_) => self.counters.spawned += 1,
             Err(_) => self.counters.refused += 1,
@@ -263,12 +275,7 @@ impl State {
         result
     }
 
-    fn try_spawn(
-        &mut self,
-        spec: TaskSpec,
-        root: bool,
-        root_token: &CancellationToken,
-    ) -> Result<NewTask, SpawnError> {
+    fn try_spawn(&mut self, spec: TaskSpec, root: bool, id: TaskId) -> Result<NewTask, SpawnError> {
         if self.shutting_down {
             return Err(SpawnError::ShuttingDown);
         }
@@ -284,7 +291,9 @@ impl State {
         // The parent decides depth, cancel scope and whether a slot can be
         // borrowed.
         let (depth, token, lender) = match spec.parent {
-            None => (u32::from(!root), root_token.child_token(), None),
+            // A parentless task is its own cancel scope; shutdown cancels
+            // every task by id.
+            None => (u32::from(!root), CancellationToken::new(), None),
             Some(parent_id) => {
                 let parent = self
                     .tasks
@@ -309,7 +318,6 @@ impl State {
             }
         };
 
-        let id = TaskId::new_random();
         let agent = spec.agent.clone();
         let settings = self.settings.clone();
         let now = Instant::now();
@@ -375,7 +383,6 @@ impl State {
             lent_to: None,
             borrowers: VecDeque::new(),
             admit: None,
-            finish_seq: 0,
             delivered_at: None,
         };
 
@@ -657,8 +664,6 @@ impl State {
             return;
         };
         entry.ended = Some(now);
-        self.next_seq += 1;
-        entry.finish_seq = self.next_seq;
         let slot = std::mem::replace(&mut entry.slot, Slot::None);
         let lent_to = entry.lent_to.take();
         entry.borrowers.clear();
@@ -669,7 +674,6 @@ impl State {
         let status = entry.status;
         let failure_kind = entry.failure.as_ref().map(|failure| failure.kind);
         let cell = entry.cell.clone();
-        let finish_seq = entry.finish_seq;
 
         match (slot, lent_to) {
             (Slot::None, _) => {}
@@ -710,11 +714,11 @@ impl State {
             self.load.record_finished(&cell.agent, outcome, window);
         }
 
-        self.undelivered.insert(finish_seq, id);
-        self.undelivered_by_parent
-            .entry(cell.parent)
-            .or_default()
-            .insert(finish_seq, id);
+        self.finished_order.push_back(id);
+        self.n_undelivered += 1;
+        let inbox = self.inboxes.entry(cell.parent).or_default();
+        inbox.finished.push(id);
+        inbox.undelivered += 1;
 
         if status != TaskStatus::Completed {
             // Nobody is left to await or collect its descendants' work: stop
@@ -772,6 +776,10 @@ impl State {
 
     // ----- retention and delivery -----------------------------------------
 
+    fn n_finished(&self) -> usize {
+        self.n_undelivered + self.delivered.len()
+    }
+
     /// Evicts delivered results past their TTL, then the oldest results
     /// while more than `max_finished` are kept: delivered ones first, and
     /// undelivered ones only as a last resort (counted and logged).
@@ -779,36 +787,56 @@ impl State {
         let ttl = self.settings.result_ttl();
         let max_finished = self.settings.max_finished();
         while let Some(&(delivered_at, id)) = self.delivered.front() {
-            let over_cap = self.undelivered.len() + self.delivered.len() > max_finished;
-            if !over_cap && now.saturating_duration_since(delivered_at) < ttl {
+            if self.n_finished() <= max_finished
+                && now.saturating_duration_since(delivered_at) < ttl
+            {
                 break;
             }
             self.delivered.pop_front();
             self.tasks.remove(&id);
         }
-        while self.undelivered.len() + self.delivered.len() > max_finished {
-            let Some((_, id)) = self.undelivered.pop_first() else {
+        while self.n_finished() > max_finished {
+            let Some(id) = self.finished_order.pop_front() else {
                 break;
             };
-            if let Some(entry) = self.tasks.remove(&id) {
-                self.forget_undelivered_by_parent(entry.cell.parent, entry.finish_seq);
-                self.counters.evicted_undelivered += 1;
-                tracing::warn!(
-                    task_id = %id,
-                    agent = %entry.cell.agent,
-                    max_finished,
-                    "evicted a finished task whose result was never read; raise max_finished or collect results sooner"
-                );
+            let undelivered = self
+                .tasks
+                .get(&id)
+                .is_some_and(|entry| entry.delivered_at.is_none());
+            if !undelivered {
+                continue;
             }
+            let Some(entry) = self.tasks.remove(&id) else {
+                continue;
+            };
+            self.n_undelivered = self.n_undelivered.saturating_sub(1);
+            self.note_left_inbox(entry.cell.parent);
+            self.counters.evicted_undelivered += 1;
+            tracing::warn!(
+                task_id = %id,
+                agent = %entry.cell.agent,
+                max_finished,
+                "evicted a finished task whose result was never read; raise max_finished or collect results sooner"
+            );
+        }
+        if self.finished_order.len() > 2 * self.n_undelivered + 64 {
+            let tasks = &self.tasks;
+            self.finished_order.retain(|id| {
+                tasks
+                    .get(id)
+                    .is_some_and(|entry| entry.delivered_at.is_none())
+            });
         }
     }
 
-    fn forget_undelivered_by_parent(&mut self, parent: Option<TaskId>, finish_seq: u64) {
-        if let Some(by_parent) = self.undelivered_by_parent.get_mut(&parent) {
-            by_parent.remove(&finish_seq);
-            if by_parent.is_empty() {
-                self.undelivered_by_parent.remove(&parent);
-            }
+    /// One of `parent`'s undelivered children was delivered or evicted.
+    fn note_left_inbox(&mut self, parent: Option<TaskId>) {
+        let Some(inbox) = self.inboxes.get_mut(&parent) else {
+            return;
+        };
+        inbox.undelivered = inbox.undelivered.saturating_sub(1);
+        if inbox.undelivered == 0 {
+            self.inboxes.remove(&parent);
         }
     }
 
@@ -822,9 +850,9 @@ impl State {
             return false;
         }
         entry.delivered_at = Some(now);
-        let (parent, finish_seq) = (entry.cell.parent, entry.finish_seq);
-        self.undelivered.remove(&finish_seq);
-        self.forget_undelivered_by_parent(parent, finish_seq);
+        let parent = entry.cell.parent;
+        self.n_undelivered = self.n_undelivered.saturating_sub(1);
+        self.note_left_inbox(parent);
         self.delivered.push_back((now, id));
         true
     }
@@ -848,12 +876,12 @@ impl State {
     /// Every finished child of `parent` not yet handed over, oldest first,
     /// now marked delivered.
     pub(crate) fn take_finished(&mut self, parent: Option<TaskId>) -> Vec<TaskSnapshot> {
-        let Some(by_parent) = self.undelivered_by_parent.remove(&parent) else {
+        let Some(inbox) = self.inboxes.remove(&parent) else {
             return Vec::new();
         };
         let now = Instant::now();
-        let mut taken = Vec::with_capacity(by_parent.len());
-        for id in by_parent.into_values() {
+        let mut taken = Vec::with_capacity(inbox.undelivered);
+        for id in inbox.finished {
             if self.deliver(id, now)
                 && let Some(snapshot) = self.snapshot(id, now)
             {
@@ -971,8 +999,8 @@ impl State {
             running: self.n_running_tasks,
             queued: self.n_queued,
             max_concurrent: self.settings.max_concurrent(),
-            retained_finished: self.undelivered.len() + self.delivered.len(),
-            undelivered: self.undelivered.len(),
+            retained_finished: self.n_finished(),
+            undelivered: self.n_undelivered,
             tracked: self.tasks.len(),
             spawned: self.counters.spawned,
             refused: self.counters.refused,
@@ -1010,7 +1038,7 @@ pub(crate) enum LeaveReason {
     Deadline,
 }
 
-fn is_waiting(tasks: &HashMap<TaskId, Entry>, id: TaskId, seq: u64) -> bool {
+fn is_waiting(tasks: &FxHashMap<TaskId, Entry>, id: TaskId, seq: u64) -> bool {
     tasks
         .get(&id)
         .is_some_and(|entry| entry.seq == seq && entry.status == TaskStatus::Queued)

@@ -156,6 +156,22 @@ pub(crate) async fn run<F, Fut>(
         }
     }
 
+    // The rest lives in its own allocation, made only once a slot is held,
+    // so a queued task costs little more than its waiting state.
+    Box::pin(run_admitted(registry, cell, time_limit, work, guard)).await;
+}
+
+async fn run_admitted<F, Fut>(
+    registry: Registry,
+    cell: Arc<TaskCell>,
+    time_limit: Option<Duration>,
+    work: F,
+    mut guard: SettleGuard,
+) where
+    F: FnOnce(TaskContext) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<String, TaskFailure>> + Send + 'static,
+{
+    let id = cell.id;
     if cell.token.is_cancelled() {
         registry.finish(id, Outcome::Cancelled, false);
         guard.armed = false;
