@@ -284,13 +284,27 @@ impl Registry {
                 Admission::Queued { .. } => TaskStatus::Queued,
             },
         };
-        self.shared.tracker.spawn(task::run(
-            self.clone(),
-            new.cell,
-            new.admission,
-            time_limit,
-            work,
-        ));
+        match new.admission {
+            Admission::Running => {
+                self.shared.tracker.spawn(task::run_admitted(
+                    self.clone(),
+                    new.cell,
+                    time_limit,
+                    work,
+                    None,
+                ));
+            }
+            Admission::Queued { admitted, deadline } => {
+                self.shared.tracker.spawn(task::run_queued(
+                    self.clone(),
+                    new.cell,
+                    admitted,
+                    deadline,
+                    time_limit,
+                    work,
+                ));
+            }
+        }
         Ok(spawned)
     }
 

@@ -851,22 +851,34 @@ impl State {
         }
         entry.delivered_at = Some(now);
         let parent = entry.cell.parent;
+        self.note_delivered(id, parent, now);
+        true
+    }
+
+    /// Bookkeeping for a result just marked delivered.
+    fn note_delivered(&mut self, id: TaskId, parent: Option<TaskId>, now: Instant) {
         self.n_undelivered = self.n_undelivered.saturating_sub(1);
         self.note_left_inbox(parent);
         self.delivered.push_back((now, id));
-        true
     }
 
     /// The finished task's snapshot, marked delivered; `None` while it has
     /// not finished.
     pub(crate) fn collect(&mut self, id: TaskId) -> Result<Option<WaitOutcome>, UnknownTask> {
-        let entry = self.tasks.get(&id).ok_or(UnknownTask(id))?;
+        // One table lookup: this is the hot path of every collecting wait.
+        let entry = self.tasks.get_mut(&id).ok_or(UnknownTask(id))?;
         if entry.ended.is_none() {
             return Ok(None);
         }
         let now = Instant::now();
-        let newly_delivered = self.deliver(id, now);
-        let task = self.snapshot(id, now).ok_or(UnknownTask(id))?;
+        let newly_delivered = entry.delivered_at.is_none();
+        if newly_delivered {
+            entry.delivered_at = Some(now);
+        }
+        let task = snapshot_of(id, entry, now);
+        if newly_delivered {
+            self.note_delivered(id, task.parent_id, now);
+        }
         Ok(Some(WaitOutcome {
             task,
             newly_delivered,
@@ -902,36 +914,7 @@ impl State {
     }
 
     pub(crate) fn snapshot(&self, id: TaskId, now: Instant) -> Option<TaskSnapshot> {
-        let entry = self.tasks.get(&id)?;
-        let cell = &entry.cell;
-        let at =
-            |instant: Instant| cell.created_at + instant.saturating_duration_since(cell.created);
-        let queue_end = entry.started.or(entry.ended).unwrap_or(now);
-        Some(TaskSnapshot {
-            id,
-            parent_id: cell.parent,
-            agent: cell.agent.clone(),
-            labels: cell.labels.clone(),
-            task: cell.task.clone(),
-            depth: cell.depth,
-            background: cell.background,
-            root: cell.root,
-            status: entry.status,
-            failure: entry.failure.clone(),
-            output: entry.output.clone(),
-            usage: *cell.usage.lock(),
-            created_at: cell.created_at,
-            started_at: entry.started.map(at),
-            ended_at: entry.ended.map(at),
-            queued_for: queue_end.saturating_duration_since(cell.created),
-            run_time: entry.started.map(|started| {
-                entry
-                    .ended
-                    .unwrap_or(now)
-                    .saturating_duration_since(started)
-            }),
-            delivered: entry.delivered_at.is_some(),
-        })
+        self.tasks.get(&id).map(|entry| snapshot_of(id, entry, now))
     }
 
     pub(crate) fn list(&mut self, filter: &TaskFilter) -> Vec<TaskSnapshot> {
@@ -1036,6 +1019,37 @@ impl State {
 pub(crate) enum LeaveReason {
     Cancelled,
     Deadline,
+}
+
+fn snapshot_of(id: TaskId, entry: &Entry, now: Instant) -> TaskSnapshot {
+    let cell = &entry.cell;
+    let at = |instant: Instant| cell.created_at + instant.saturating_duration_since(cell.created);
+    let queue_end = entry.started.or(entry.ended).unwrap_or(now);
+    TaskSnapshot {
+        id,
+        parent_id: cell.parent,
+        agent: cell.agent.clone(),
+        labels: cell.labels.clone(),
+        task: cell.task.clone(),
+        depth: cell.depth,
+        background: cell.background,
+        root: cell.root,
+        status: entry.status,
+        failure: entry.failure.clone(),
+        output: entry.output.clone(),
+        usage: *cell.usage.lock(),
+        created_at: cell.created_at,
+        started_at: entry.started.map(at),
+        ended_at: entry.ended.map(at),
+        queued_for: queue_end.saturating_duration_since(cell.created),
+        run_time: entry.started.map(|started| {
+            entry
+                .ended
+                .unwrap_or(now)
+                .saturating_duration_since(started)
+        }),
+        delivered: entry.delivered_at.is_some(),
+    }
 }
 
 fn is_waiting(tasks: &FxHashMap<TaskId, Entry>, id: TaskId, seq: u64) -> bool {

@@ -6,13 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt as _;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::hook::{StartVerdict, panic_message};
 use crate::id::TaskId;
 use crate::registry::Registry;
 use crate::spec::TaskLabels;
-use crate::state::{Admission, LeaveReason, Outcome, QueueExit, TaskCell};
+use crate::state::{LeaveReason, Outcome, QueueExit, TaskCell};
 use crate::status::{FailureKind, TaskFailure};
 use crate::usage::Usage;
 
@@ -99,7 +101,7 @@ impl TaskContext {
 /// Settles the task if its future is dropped before it did so itself (an
 /// abort, or the runtime shutting down), so no slot is leaked and a started
 /// task still gets its stop hooks when a runtime is there to run them.
-struct SettleGuard {
+pub(crate) struct SettleGuard {
     registry: Registry,
     id: TaskId,
     start_began: bool,
@@ -121,10 +123,23 @@ impl Drop for SettleGuard {
     }
 }
 
-pub(crate) async fn run<F, Fut>(
+impl SettleGuard {
+    fn new(registry: &Registry, id: TaskId) -> Self {
+        Self {
+            registry: registry.clone(),
+            id,
+            start_began: false,
+            armed: true,
+        }
+    }
+}
+
+/// A queued task: waits for its slot, its deadline or a cancel, then runs.
+pub(crate) async fn run_queued<F, Fut>(
     registry: Registry,
     cell: Arc<TaskCell>,
-    admission: Admission,
+    admitted: oneshot::Receiver<()>,
+    deadline: Instant,
     time_limit: Option<Duration>,
     work: F,
 ) where
@@ -132,45 +147,39 @@ pub(crate) async fn run<F, Fut>(
     Fut: Future<Output = Result<String, TaskFailure>> + Send + 'static,
 {
     let id = cell.id;
-    let mut guard = SettleGuard {
-        registry: registry.clone(),
-        id,
-        start_began: false,
-        armed: true,
+    let mut guard = SettleGuard::new(&registry, id);
+    let exit = tokio::select! {
+        biased;
+        handed_over = admitted => match handed_over {
+            Ok(()) => QueueExit::Admitted,
+            // Dropped by a cancel, which already settled the task.
+            Err(_) => registry.leave_queue(id, LeaveReason::Cancelled),
+        },
+        () = cell.token.cancelled() => registry.leave_queue(id, LeaveReason::Cancelled),
+        () = tokio::time::sleep_until(deadline) => registry.leave_queue(id, LeaveReason::Deadline),
     };
-
-    if let Admission::Queued { admitted, deadline } = admission {
-        let exit = tokio::select! {
-            biased;
-            handed_over = admitted => match handed_over {
-                Ok(()) => QueueExit::Admitted,
-                // Dropped by a cancel, which already settled the task.
-                Err(_) => registry.leave_queue(id, LeaveReason::Cancelled),
-            },
-            () = cell.token.cancelled() => registry.leave_queue(id, LeaveReason::Cancelled),
-            () = tokio::time::sleep_until(deadline) => registry.leave_queue(id, LeaveReason::Deadline),
-        };
-        if exit == QueueExit::Ended {
-            guard.armed = false;
-            return;
-        }
+    if exit == QueueExit::Ended {
+        guard.armed = false;
+        return;
     }
-
     // The rest lives in its own allocation, made only once a slot is held,
     // so a queued task costs little more than its waiting state.
-    Box::pin(run_admitted(registry, cell, time_limit, work, guard)).await;
+    Box::pin(run_admitted(registry, cell, time_limit, work, Some(guard))).await;
 }
 
-async fn run_admitted<F, Fut>(
+/// A task that holds its slot (or needs none): start hooks, work, settle,
+/// stop hooks.
+pub(crate) async fn run_admitted<F, Fut>(
     registry: Registry,
     cell: Arc<TaskCell>,
     time_limit: Option<Duration>,
     work: F,
-    mut guard: SettleGuard,
+    guard: Option<SettleGuard>,
 ) where
     F: FnOnce(TaskContext) -> Fut + Send + 'static,
     Fut: Future<Output = Result<String, TaskFailure>> + Send + 'static,
 {
+    let mut guard = guard.unwrap_or_else(|| SettleGuard::new(&registry, cell.id));
     let id = cell.id;
     if cell.token.is_cancelled() {
         registry.finish(id, Outcome::Cancelled, false);
