@@ -39,21 +39,36 @@ pub enum SpawnError {
         max_queue: usize,
     },
     /// The parent task is not known.
-    #[error("cannot start sub-agent: parent task {0} does not exist")]
+    #[error(
+        "cannot start sub-agent: parent task {0} does not exist; pass the id of a running task, or no parent"
+    )]
     UnknownParent(TaskId),
     /// The parent task is not running.
-    #[error("cannot start sub-agent: parent task {parent} is {status}, not running")]
+    #[error(
+        "cannot start sub-agent: parent task {parent} is {status}, not running; only a running task can start sub-agents"
+    )]
     ParentNotRunning {
         /// The parent.
         parent: TaskId,
         /// Its status.
         status: TaskStatus,
     },
+    /// A foreground child's parent has lent its slot to another foreground
+    /// child, every slot is taken and `queue_wait_ms = 0`.
+    #[error(
+        "cannot start sub-agent: parent task {parent} has lent its slot to another foreground sub-agent, every slot is taken and queue wait is disabled (queue_wait_ms = 0); await that sub-agent first, or set queue_wait_ms above 0"
+    )]
+    LentSlotBusy {
+        /// The parent.
+        parent: TaskId,
+    },
     /// The spec is unusable.
     #[error("cannot start sub-agent: {0}")]
     InvalidSpec(&'static str),
     /// The registry is shutting down.
-    #[error("cannot start sub-agent: the registry is shutting down")]
+    #[error(
+        "cannot start sub-agent: the registry is shutting down; start new work on a new registry (or after a restart)"
+    )]
     ShuttingDown,
 }
 
@@ -63,14 +78,19 @@ impl SpawnError {
     pub fn is_capacity(&self) -> bool {
         matches!(
             self,
-            Self::AtCapacity { .. } | Self::AgentAtCapacity { .. } | Self::QueueFull { .. }
+            Self::AtCapacity { .. }
+                | Self::AgentAtCapacity { .. }
+                | Self::LentSlotBusy { .. }
+                | Self::QueueFull { .. }
         )
     }
 }
 
 /// The task id is not known to the registry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("task {0} not found: it never existed here or its result was evicted after delivery")]
+#[error(
+    "task {0} not found: it never existed here, or it was evicted (delivered results after result_ttl_secs, any result past max_finished); check the id, or read results sooner"
+)]
 pub struct UnknownTask(pub TaskId);
 
 /// What a cancel did.

@@ -186,6 +186,29 @@ impl LoadTracker {
         }
     }
 
+    /// Drops agents with nothing running and nothing recent, so names that
+    /// come and go do not accumulate. Their latency average goes with them.
+    pub fn forget_idle(&mut self, window: Duration) {
+        let now = self.clock.now();
+        self.agents.retain(|_, load| {
+            load.selections.prune(now, window);
+            load.failures.prune(now, window);
+            load.in_flight > 0
+                || !load.selections.buckets.is_empty()
+                || !load.failures.buckets.is_empty()
+        });
+    }
+
+    /// How many agents the tracker holds.
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// Whether the tracker holds no agent.
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+    }
+
     /// The load of `agent` as seen through a window of `window`.
     pub fn snapshot(&self, agent: &str, window: Duration) -> AgentLoadSnapshot {
         let now = self.clock.now();
@@ -282,6 +305,22 @@ mod tests {
         );
         let mean = tracker.snapshot("a", WINDOW).latency_ewma.unwrap();
         assert_eq!(mean.as_millis(), 130);
+    }
+
+    #[test]
+    fn idle_agents_are_forgotten_after_the_window() {
+        let (clock, mut tracker) = tracker();
+        let busy: Arc<str> = Arc::from("busy");
+        tracker.record_started(&busy);
+        tracker.record_selection(&a(), WINDOW);
+        tracker.forget_idle(WINDOW);
+        assert_eq!(tracker.len(), 2);
+        clock.advance(WINDOW);
+        tracker.forget_idle(WINDOW);
+        assert_eq!(tracker.len(), 1, "the running agent stays");
+        tracker.record_finished(&busy, RunOutcome::Neutral, WINDOW);
+        tracker.forget_idle(WINDOW);
+        assert!(tracker.is_empty());
     }
 
     #[test]

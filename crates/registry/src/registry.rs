@@ -22,7 +22,7 @@ use crate::snapshot::{TaskFilter, TaskSnapshot, WaitOutcome};
 use crate::spec::TaskSpec;
 use crate::state::{Admission, LeaveReason, Outcome, QueueExit, State};
 use crate::status::{TaskFailure, TaskStatus};
-use crate::task::{self, TaskContext};
+use crate::task::{self, SettleGuard, TaskContext};
 
 /// Default capacity of the lifecycle event channel.
 pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
@@ -284,6 +284,7 @@ impl Registry {
                 Admission::Queued { .. } => TaskStatus::Queued,
             },
         };
+        let guard = SettleGuard::new(self, spawned.id);
         match new.admission {
             Admission::Running => {
                 self.shared.tracker.spawn(task::run_admitted(
@@ -291,7 +292,7 @@ impl Registry {
                     new.cell,
                     time_limit,
                     work,
-                    None,
+                    guard,
                 ));
             }
             Admission::Queued { admitted, deadline } => {
@@ -302,6 +303,7 @@ impl Registry {
                     deadline,
                     time_limit,
                     work,
+                    guard,
                 ));
             }
         }
@@ -369,6 +371,11 @@ impl Registry {
                 None => notified.await,
                 Some(deadline) => {
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        // It may have finished just as time ran out: then
+                        // hand it over rather than report a stale state.
+                        if let Some(outcome) = self.shared.state.lock().collect(id)? {
+                            return Ok(outcome);
+                        }
                         let task = self
                             .shared
                             .state
@@ -492,6 +499,11 @@ impl Registry {
     }
 
     // ----- used by the task future ---------------------------------------
+
+    /// Runs `future` as part of the registry's work, so shutdown waits for it.
+    pub(crate) fn track(&self, future: impl Future<Output = ()> + Send + 'static) {
+        self.shared.tracker.spawn(future);
+    }
 
     pub(crate) fn hooks(&self) -> &HookStack {
         &self.shared.hooks

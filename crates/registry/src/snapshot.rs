@@ -59,7 +59,8 @@ impl TaskSnapshot {
         self.queued_for + self.run_time.unwrap_or_default()
     }
 
-    /// Whether it has finished and settled (slot released, hooks notified).
+    /// Whether it has finished and settled: end state final, slot handed
+    /// on, waiters woken. Its stop hooks may still be running.
     pub fn is_finished(&self) -> bool {
         self.ended_at.is_some()
     }

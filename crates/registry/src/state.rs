@@ -351,7 +351,9 @@ impl State {
 
         if slot.is_none() {
             if settings.queue_wait().is_zero() {
-                return Err(if self.slots_in_use < settings.max_concurrent() {
+                return Err(if let Some((parent, false)) = lender {
+                    SpawnError::LentSlotBusy { parent }
+                } else if self.slots_in_use < settings.max_concurrent() {
                     SpawnError::AgentAtCapacity {
                         agent: agent.to_string(),
                         max_concurrent: self.agent_caps.get(&agent).copied().unwrap_or(0),
@@ -426,7 +428,20 @@ impl State {
                 if let Some((parent_id, false)) = lender
                     && let Some(parent) = self.tasks.get_mut(&parent_id)
                 {
-                    parent.borrowers.push_back(id);
+                    let mut borrowers = std::mem::take(&mut parent.borrowers);
+                    if borrowers.len() >= 16 {
+                        // Children that left the queue another way.
+                        let tasks = &self.tasks;
+                        borrowers.retain(|borrower| {
+                            tasks
+                                .get(borrower)
+                                .is_some_and(|entry| entry.status == TaskStatus::Queued)
+                        });
+                    }
+                    borrowers.push_back(id);
+                    if let Some(parent) = self.tasks.get_mut(&parent_id) {
+                        parent.borrowers = borrowers;
+                    }
                 }
                 self.emit(RegistryEvent::Queued {
                     task_id: id,
@@ -563,16 +578,22 @@ impl State {
             }
             LeaveReason::Deadline => {
                 let waited = Instant::now().saturating_duration_since(entry.cell.created);
-                entry.status = TaskStatus::Failed;
-                entry.failure = Some(TaskFailure::new(
-                    FailureKind::QueueTimeout,
-                    format!(
+                let agent_cap = self.agent_caps.get(&agent).copied();
+                let agent_running = self.agent_running.get(&agent).copied().unwrap_or(0);
+                let message = match agent_cap {
+                    Some(cap) if agent_running >= cap => format!(
+                        "waited {} ms for a slot without getting one (agent `{agent}` already runs its maximum of {cap} tasks); raise that agent's max_concurrent or queue_wait_ms, or stop one of its tasks",
+                        waited.as_millis(),
+                    ),
+                    _ => format!(
                         "waited {} ms for a slot without getting one (max_concurrent = {}, {} running); raise max_concurrent or queue_wait_ms, or stop a running task",
                         waited.as_millis(),
                         self.settings.max_concurrent(),
                         self.slots_in_use,
                     ),
-                ));
+                };
+                entry.status = TaskStatus::Failed;
+                entry.failure = Some(TaskFailure::new(FailureKind::QueueTimeout, message));
             }
         }
         self.leave_queue_bookkeeping(&agent);
@@ -719,6 +740,15 @@ impl State {
         let inbox = self.inboxes.entry(cell.parent).or_default();
         inbox.finished.push(id);
         inbox.undelivered += 1;
+        if inbox.finished.len() > 2 * inbox.undelivered + 32 {
+            // Ids delivered by waits pile up while one result stays unread.
+            let tasks = &self.tasks;
+            inbox.finished.retain(|id| {
+                tasks
+                    .get(id)
+                    .is_some_and(|entry| entry.delivered_at.is_none())
+            });
+        }
 
         if status != TaskStatus::Completed {
             // Nobody is left to await or collect its descendants' work: stop
@@ -997,6 +1027,7 @@ impl State {
         self.refresh_settings();
         self.admit_waiters();
         self.evict(Instant::now());
+        self.load.forget_idle(self.settings.selector().load_window);
     }
 
     pub(crate) fn emit_hook_failure(&mut self, event: RegistryEvent) {

@@ -115,16 +115,20 @@ impl Drop for SettleGuard {
         }
         let stop = self.registry.abandon(self.id, self.start_began);
         if let Some(event) = stop
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && tokio::runtime::Handle::try_current().is_ok()
         {
+            // Tracked, so a shutdown waits for these stop hooks too.
             let registry = self.registry.clone();
-            runtime.spawn(async move { registry.run_stop_hooks(&event).await });
+            self.registry
+                .track(async move { registry.run_stop_hooks(&event).await });
         }
     }
 }
 
 impl SettleGuard {
-    fn new(registry: &Registry, id: TaskId) -> Self {
+    /// Made synchronously by the spawn, before the task's future exists, so
+    /// even a future dropped unpolled (its runtime shutting down) settles.
+    pub(crate) fn new(registry: &Registry, id: TaskId) -> Self {
         Self {
             registry: registry.clone(),
             id,
@@ -142,12 +146,12 @@ pub(crate) async fn run_queued<F, Fut>(
     deadline: Instant,
     time_limit: Option<Duration>,
     work: F,
+    mut guard: SettleGuard,
 ) where
     F: FnOnce(TaskContext) -> Fut + Send + 'static,
     Fut: Future<Output = Result<String, TaskFailure>> + Send + 'static,
 {
     let id = cell.id;
-    let mut guard = SettleGuard::new(&registry, id);
     let exit = tokio::select! {
         biased;
         handed_over = admitted => match handed_over {
@@ -164,7 +168,7 @@ pub(crate) async fn run_queued<F, Fut>(
     }
     // The rest lives in its own allocation, made only once a slot is held,
     // so a queued task costs little more than its waiting state.
-    Box::pin(run_admitted(registry, cell, time_limit, work, Some(guard))).await;
+    Box::pin(run_admitted(registry, cell, time_limit, work, guard)).await;
 }
 
 /// A task that holds its slot (or needs none): start hooks, work, settle,
@@ -174,12 +178,11 @@ pub(crate) async fn run_admitted<F, Fut>(
     cell: Arc<TaskCell>,
     time_limit: Option<Duration>,
     work: F,
-    guard: Option<SettleGuard>,
+    mut guard: SettleGuard,
 ) where
     F: FnOnce(TaskContext) -> Fut + Send + 'static,
     Fut: Future<Output = Result<String, TaskFailure>> + Send + 'static,
 {
-    let mut guard = guard.unwrap_or_else(|| SettleGuard::new(&registry, cell.id));
     let id = cell.id;
     if cell.token.is_cancelled() {
         registry.finish(id, Outcome::Cancelled, false);
@@ -191,14 +194,25 @@ pub(crate) async fn run_admitted<F, Fut>(
     guard.start_began = !cell.root;
     let mut additional_context = None;
     let mut denial = None;
+    let mut cancelled_early = false;
     if guard.start_began
         && registry.hooks().has_start_hooks()
         && let Some(event) = registry.start_event(id)
     {
         let report = |failure| registry.report_hook_failure(id, failure);
-        match registry.hooks().run_start(&event, &report).await {
-            StartVerdict::Allowed { context } => additional_context = context.map(Arc::from),
-            StartVerdict::Denied { hook, reason } => {
+        // A cancel during the start hooks ends the task at once; it still
+        // gets its SubagentStop, since its start phase began.
+        let verdict = tokio::select! {
+            biased;
+            () = cell.token.cancelled() => None,
+            verdict = registry.hooks().run_start(&event, &report) => Some(verdict),
+        };
+        match verdict {
+            None => cancelled_early = true,
+            Some(StartVerdict::Allowed { context }) => {
+                additional_context = context.map(Arc::from);
+            }
+            Some(StartVerdict::Denied { hook, reason }) => {
                 denial = Some(TaskFailure::new(
                     FailureKind::DeniedByHook,
                     format!("denied by hook {hook}: {reason}"),
@@ -209,6 +223,7 @@ pub(crate) async fn run_admitted<F, Fut>(
 
     let outcome = match denial {
         Some(failure) => Outcome::Failed(failure),
+        None if cancelled_early => Outcome::Cancelled,
         None => {
             let context = TaskContext {
                 cell: cell.clone(),

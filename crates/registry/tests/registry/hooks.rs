@@ -451,7 +451,7 @@ async fn exactly_one_stop_per_start_on_every_path() {
         .unwrap_err();
     assert_eq!(
         error.to_string(),
-        "cannot start sub-agent: the registry is shutting down"
+        "cannot start sub-agent: the registry is shutting down; start new work on a new registry (or after a restart)"
     );
 }
 
@@ -475,4 +475,29 @@ async fn a_task_that_never_started_gets_no_hooks() {
     settle().await;
     assert_eq!(*ledger.starts.lock(), [running.id]);
     assert_eq!(ledger.stops.lock().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancel_during_the_start_hooks_ends_the_task_at_once() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let hooks = HookStack::new().with_both(Arc::new(
+        Recorder::new("slow", &log).on_start(Behaviour::Hang),
+    ));
+    let registry = build(hooks, 1);
+    let task = registry
+        .spawn(bg("w", "t"), |_| async { Ok(String::new()) })
+        .unwrap();
+    settle().await;
+    let before = tokio::time::Instant::now();
+    registry.cancel(task.id).unwrap();
+    let done = registry.wait(task.id, None).await.unwrap().task;
+    assert_eq!(done.status, TaskStatus::Cancelled);
+    assert_eq!(
+        tokio::time::Instant::now(),
+        before,
+        "not held for the hook's 5 s"
+    );
+    settle().await;
+    assert_eq!(entries(&log), ["slow:start:t", "slow:stop:t:cancelled"]);
+    assert_eq!(registry.stats().slots_in_use, 0);
 }

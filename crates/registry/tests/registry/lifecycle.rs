@@ -244,7 +244,7 @@ async fn spawning_under_a_bad_parent_is_refused() {
     assert_eq!(
         error.to_string(),
         format!(
-            "cannot start sub-agent: parent task {} is completed, not running",
+            "cannot start sub-agent: parent task {} is completed, not running; only a running task can start sub-agents",
             done.id
         )
     );
@@ -344,4 +344,56 @@ async fn list_filters_by_status_parent_and_agent_in_spawn_order() {
     assert_eq!(registry.stats().slots_in_use, 1);
     assert_eq!(registry.get(root.id).unwrap().depth, 0);
     assert_eq!(registry.get(a.id).unwrap().depth, 1);
+}
+
+#[test]
+fn a_task_dropped_unpolled_with_its_runtime_still_settles() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (registry, running, queued) = runtime.block_on(async {
+        let (registry, _) = registry(|s| s.max_concurrent = Some(1));
+        let running = registry
+            .spawn(bg("w", "a"), |_| async { Ok(String::new()) })
+            .unwrap();
+        let queued = registry
+            .spawn(bg("w", "b"), |_| async { Ok(String::new()) })
+            .unwrap();
+        (registry, running, queued)
+    });
+    // Neither task's future was ever polled; the runtime drops them.
+    drop(runtime);
+    let stats = registry.stats();
+    assert_eq!((stats.slots_in_use, stats.running, stats.queued), (0, 0, 0));
+    assert_eq!(
+        registry.get(running.id).unwrap().status,
+        TaskStatus::Cancelled
+    );
+    assert_eq!(
+        registry.get(queued.id).unwrap().status,
+        TaskStatus::Cancelled
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_whose_time_runs_out_as_the_task_ends_still_delivers_it() {
+    for offset_ms in [0_u64, 1] {
+        let (registry, _) = registry(|_| {});
+        let task = registry
+            .spawn(bg("w", "a"), |_| async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok("x".into())
+            })
+            .unwrap();
+        let outcome = registry
+            .wait(task.id, Some(Duration::from_millis(100 - offset_ms)))
+            .await
+            .unwrap();
+        // Whatever it returns, a finished result it returns is delivered.
+        assert_eq!(outcome.task.status.is_terminal(), outcome.newly_delivered);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let later = registry.take_finished(None).len() + usize::from(outcome.newly_delivered);
+        assert_eq!(later, 1);
+    }
 }

@@ -218,3 +218,40 @@ async fn a_parent_that_fails_stops_its_descendants() {
     assert_eq!(registry.get(child).unwrap().status, TaskStatus::Cancelled);
     assert_eq!(registry.stats().slots_in_use, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_no_queue_wait_a_second_foreground_child_is_told_why() {
+    let (registry, _) = registry(|s| {
+        s.max_concurrent = Some(1);
+        s.queue_wait_ms = Some(0);
+    });
+    let parent = registry
+        .spawn(bg("lead", "parent"), |ctx| async move {
+            let registry = ctx.registry();
+            let first = registry
+                .spawn(TaskSpec::new("helper", "a").parent(ctx.id()), |_| {
+                    std::future::pending()
+                })
+                .unwrap();
+            let second = registry
+                .spawn(TaskSpec::new("helper", "b").parent(ctx.id()), |_| async {
+                    Ok(String::new())
+                })
+                .unwrap_err();
+            registry.cancel(first.id).unwrap();
+            Ok(second.to_string())
+        })
+        .unwrap();
+    let message = registry
+        .wait(parent.id, None)
+        .await
+        .unwrap()
+        .task
+        .output
+        .unwrap();
+    assert!(
+        message.contains("has lent its slot to another foreground sub-agent"),
+        "{message}"
+    );
+    assert!(message.contains("await that sub-agent first"), "{message}");
+}
