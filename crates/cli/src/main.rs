@@ -111,25 +111,29 @@ async fn demo(tasks: u16, cap: usize, work: Duration) -> anyhow::Result<()> {
                         .map_err(|error| deputy_registry::TaskFailure::other(error.to_string()))?;
                     ids.push(spawned.id);
                 }
+                // Nothing else collects these results, so each wait is the
+                // one that hands its result over.
                 let mut collected = 0;
-                while collected < ids.len() {
-                    for id in &ids {
-                        let outcome = ctx.registry().wait(*id, None).await.map_err(|error| {
+                for id in &ids {
+                    let outcome =
+                        ctx.registry().wait(*id, None).await.map_err(|error| {
                             deputy_registry::TaskFailure::other(error.to_string())
                         })?;
-                        if outcome.newly_delivered {
-                            collected += 1;
-                        }
-                    }
+                    collected += usize::from(outcome.newly_delivered);
                 }
                 Ok(format!("collected {collected} results, each exactly once"))
             },
         )
         .context("could not start the demo run")?;
 
+    // Prints until every worker has finished, so no line is cut off.
     let printer = tokio::spawn(async move {
         let mut out = std::io::stdout();
-        while let Ok(event) = events.recv().await {
+        let mut finished = 0;
+        while finished < tasks {
+            let Ok(event) = events.recv().await else {
+                break;
+            };
             let line = match event {
                 RegistryEvent::Queued {
                     task_id, queued, ..
@@ -150,6 +154,7 @@ async fn demo(tasks: u16, cap: usize, work: Duration) -> anyhow::Result<()> {
                 RegistryEvent::Finished {
                     task_id, status, ..
                 } => {
+                    finished += 1;
                     format!("  finished {}  {status}", task_id.short())
                 }
                 _ => continue,
@@ -162,7 +167,7 @@ async fn demo(tasks: u16, cap: usize, work: Duration) -> anyhow::Result<()> {
 
     let outcome = registry.wait(root.id, None).await?;
     registry.shutdown(Duration::from_secs(1)).await;
-    printer.abort();
+    printer.await.context("the event printer failed")?;
     let mut out = std::io::stdout().lock();
     match (
         outcome.task.status,

@@ -80,7 +80,7 @@ pub use status::{FailureKind, ParseStatusError, TaskFailure, TaskStatus};
 pub use task::TaskContext;
 pub use usage::Usage;
 
-/// README.md's code, compiled and run as a doctest so it stays true.
+/// README.md's Rust code, compiled as a doctest so it stays true.
 #[doc = include_str!("../../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;

@@ -20,7 +20,7 @@ use crate::selector::{AgentCandidate, Selection, SelectionError, SelectionReques
 use crate::settings::SubagentSettings;
 use crate::snapshot::{TaskFilter, TaskSnapshot, WaitOutcome};
 use crate::spec::TaskSpec;
-use crate::state::{Admission, LeaveReason, Outcome, QueueExit, State};
+use crate::state::{Admission, Collected, LeaveReason, Outcome, QueueExit, State};
 use crate::status::{TaskFailure, TaskStatus};
 use crate::task::{self, SettleGuard, TaskContext};
 
@@ -277,15 +277,8 @@ impl Registry {
         // The id is drawn before the lock is taken, to keep the lock short.
         let id = TaskId::new_random();
         let new = self.shared.state.lock().spawn(spec, root, id)?;
-        let spawned = Spawned {
-            id: new.cell.id,
-            status: match new.admission {
-                Admission::Running => TaskStatus::Running,
-                Admission::Queued { .. } => TaskStatus::Queued,
-            },
-        };
-        let guard = SettleGuard::new(self, spawned.id);
-        match new.admission {
+        let guard = SettleGuard::new(self, id);
+        let status = match new.admission {
             Admission::Running => {
                 self.shared.tracker.spawn(task::run_admitted(
                     self.clone(),
@@ -294,6 +287,7 @@ impl Registry {
                     work,
                     guard,
                 ));
+                TaskStatus::Running
             }
             Admission::Queued { admitted, deadline } => {
                 self.shared.tracker.spawn(task::run_queued(
@@ -305,8 +299,10 @@ impl Registry {
                     work,
                     guard,
                 ));
+                TaskStatus::Queued
             }
-        }
+        };
+        let spawned = Spawned { id, status };
         Ok(spawned)
     }
 
@@ -355,39 +351,39 @@ impl Registry {
         timeout: Option<Duration>,
     ) -> Result<WaitOutcome, UnknownTask> {
         // Most waits find the task finished: one lock, no waiter set up.
-        if let Some(outcome) = self.shared.state.lock().collect(id)? {
-            return Ok(outcome);
-        }
-        let cell = self.shared.state.lock().cell(id)?;
+        let cell = match self.shared.state.lock().collect(id)? {
+            Collected::Finished(outcome) => return Ok(outcome),
+            Collected::Pending(cell) => cell,
+        };
         let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
         loop {
             let notified = cell.done.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            if let Some(outcome) = self.shared.state.lock().collect(id)? {
+            // Checked after enabling the waiter, so a settle in between is
+            // not missed.
+            if let Collected::Finished(outcome) = self.shared.state.lock().collect(id)? {
                 return Ok(outcome);
             }
-            match deadline {
-                None => notified.await,
-                Some(deadline) => {
-                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                        // It may have finished just as time ran out: then
-                        // hand it over rather than report a stale state.
-                        if let Some(outcome) = self.shared.state.lock().collect(id)? {
-                            return Ok(outcome);
-                        }
-                        let task = self
-                            .shared
-                            .state
-                            .lock()
-                            .snapshot(id, Instant::now())
-                            .ok_or(UnknownTask(id))?;
-                        return Ok(WaitOutcome {
-                            task,
-                            newly_delivered: false,
-                        });
-                    }
+            let timed_out = match deadline {
+                None => {
+                    notified.await;
+                    false
                 }
+                Some(deadline) => tokio::time::timeout_at(deadline, notified).await.is_err(),
+            };
+            if timed_out {
+                // It may have finished just as time ran out: then hand it
+                // over rather than report a stale state.
+                let mut state = self.shared.state.lock();
+                if let Collected::Finished(outcome) = state.collect(id)? {
+                    return Ok(outcome);
+                }
+                let task = state.snapshot(id, Instant::now()).ok_or(UnknownTask(id))?;
+                return Ok(WaitOutcome {
+                    task,
+                    newly_delivered: false,
+                });
             }
         }
     }

@@ -115,6 +115,19 @@ pub(crate) enum Admission {
     },
 }
 
+/// What [`State::collect`] found.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned by value once per wait; boxing would add an allocation to the hot path"
+)]
+pub(crate) enum Collected {
+    /// Finished: its result, now delivered.
+    Finished(WaitOutcome),
+    /// Not finished yet: the cell whose `done` wakes waiters.
+    Pending(Arc<TaskCell>),
+}
+
 /// How a queued task's wait ended, seen from its own future.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum QueueExit {
@@ -743,11 +756,7 @@ impl State {
         if inbox.finished.len() > 2 * inbox.undelivered + 32 {
             // Ids delivered by waits pile up while one result stays unread.
             let tasks = &self.tasks;
-            inbox.finished.retain(|id| {
-                tasks
-                    .get(id)
-                    .is_some_and(|entry| entry.delivered_at.is_none())
-            });
+            inbox.finished.retain(|id| is_undelivered(tasks, *id));
         }
 
         if status != TaskStatus::Completed {
@@ -829,11 +838,7 @@ impl State {
             let Some(id) = self.finished_order.pop_front() else {
                 break;
             };
-            let undelivered = self
-                .tasks
-                .get(&id)
-                .is_some_and(|entry| entry.delivered_at.is_none());
-            if !undelivered {
+            if !is_undelivered(&self.tasks, id) {
                 continue;
             }
             let Some(entry) = self.tasks.remove(&id) else {
@@ -851,11 +856,7 @@ impl State {
         }
         if self.finished_order.len() > 2 * self.n_undelivered + 64 {
             let tasks = &self.tasks;
-            self.finished_order.retain(|id| {
-                tasks
-                    .get(id)
-                    .is_some_and(|entry| entry.delivered_at.is_none())
-            });
+            self.finished_order.retain(|id| is_undelivered(tasks, *id));
         }
     }
 
@@ -892,13 +893,13 @@ impl State {
         self.delivered.push_back((now, id));
     }
 
-    /// The finished task's snapshot, marked delivered; `None` while it has
-    /// not finished.
-    pub(crate) fn collect(&mut self, id: TaskId) -> Result<Option<WaitOutcome>, UnknownTask> {
+    /// The finished task's snapshot, marked delivered; while it has not
+    /// finished, its cell to wait on.
+    pub(crate) fn collect(&mut self, id: TaskId) -> Result<Collected, UnknownTask> {
         // One table lookup: this is the hot path of every collecting wait.
         let entry = self.tasks.get_mut(&id).ok_or(UnknownTask(id))?;
         if entry.ended.is_none() {
-            return Ok(None);
+            return Ok(Collected::Pending(entry.cell.clone()));
         }
         let now = Instant::now();
         let newly_delivered = entry.delivered_at.is_none();
@@ -909,7 +910,7 @@ impl State {
         if newly_delivered {
             self.note_delivered(id, task.parent_id, now);
         }
-        Ok(Some(WaitOutcome {
+        Ok(Collected::Finished(WaitOutcome {
             task,
             newly_delivered,
         }))
@@ -935,13 +936,6 @@ impl State {
     }
 
     // ----- reading ----------------------------------------------------------
-
-    pub(crate) fn cell(&self, id: TaskId) -> Result<Arc<TaskCell>, UnknownTask> {
-        self.tasks
-            .get(&id)
-            .map(|entry| entry.cell.clone())
-            .ok_or(UnknownTask(id))
-    }
 
     pub(crate) fn snapshot(&self, id: TaskId, now: Instant) -> Option<TaskSnapshot> {
         self.tasks.get(&id).map(|entry| snapshot_of(id, entry, now))
@@ -1081,6 +1075,13 @@ fn snapshot_of(id: TaskId, entry: &Entry, now: Instant) -> TaskSnapshot {
         }),
         delivered: entry.delivered_at.is_some(),
     }
+}
+
+/// Whether `id` is a finished task whose result has not been handed over.
+fn is_undelivered(tasks: &FxHashMap<TaskId, Entry>, id: TaskId) -> bool {
+    tasks
+        .get(&id)
+        .is_some_and(|entry| entry.ended.is_some() && entry.delivered_at.is_none())
 }
 
 fn is_waiting(tasks: &FxHashMap<TaskId, Entry>, id: TaskId, seq: u64) -> bool {

@@ -3,25 +3,19 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use deputy_registry::{TaskId, TaskSpec, TaskStatus};
+use deputy_registry::{TaskId, TaskStatus};
 
-use crate::support::{Gates, bg, registry, settle};
+use crate::support::{Gates, bg, idle_root, registry, settle};
 
 #[tokio::test(start_paused = true)]
 async fn take_finished_hands_each_result_over_once_oldest_first() {
     let (registry, _) = registry(|_| {});
     let gates = Gates::default();
-    let root = registry
-        .spawn_root(TaskSpec::new("lead", "run"), |_| std::future::pending())
-        .unwrap();
-    let a = gates
-        .spawn(&registry, bg("w", "a").parent(root.id))
-        .unwrap();
-    let b = gates
-        .spawn(&registry, bg("w", "b").parent(root.id))
-        .unwrap();
+    let root = idle_root(&registry);
+    let a = gates.spawn(&registry, bg("w", "a").parent(root)).unwrap();
+    let b = gates.spawn(&registry, bg("w", "b").parent(root)).unwrap();
     let other = gates.spawn(&registry, bg("w", "not a child")).unwrap();
-    assert!(registry.take_finished(Some(root.id)).is_empty());
+    assert!(registry.take_finished(Some(root)).is_empty());
 
     gates.complete(b.id);
     gates.complete(other.id);
@@ -29,12 +23,12 @@ async fn take_finished_hands_each_result_over_once_oldest_first() {
     gates.complete(a.id);
     settle().await;
     let taken: Vec<TaskId> = registry
-        .take_finished(Some(root.id))
+        .take_finished(Some(root))
         .iter()
         .map(|t| t.id)
         .collect();
     assert_eq!(taken, [b.id, a.id]);
-    assert!(registry.take_finished(Some(root.id)).is_empty());
+    assert!(registry.take_finished(Some(root)).is_empty());
     assert!(registry.get(a.id).unwrap().delivered);
     // Reading a delivered result again is allowed; it is just not new.
     let again = registry.wait(a.id, None).await.unwrap();
@@ -49,17 +43,13 @@ async fn take_finished_hands_each_result_over_once_oldest_first() {
 async fn a_result_read_by_a_wait_is_never_taken_again() {
     let (registry, _) = registry(|_| {});
     let gates = Gates::default();
-    let root = registry
-        .spawn_root(TaskSpec::new("lead", "run"), |_| std::future::pending())
-        .unwrap();
-    let a = gates
-        .spawn(&registry, bg("w", "a").parent(root.id))
-        .unwrap();
+    let root = idle_root(&registry);
+    let a = gates.spawn(&registry, bg("w", "a").parent(root)).unwrap();
     gates.complete(a.id);
     let waited = registry.wait(a.id, None).await.unwrap();
     assert!(waited.newly_delivered);
     assert_eq!(waited.task.status, TaskStatus::Completed);
-    assert!(registry.take_finished(Some(root.id)).is_empty());
+    assert!(registry.take_finished(Some(root)).is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -70,26 +60,21 @@ async fn exactly_once_under_random_interleavings() {
             s.max_concurrent = Some(4);
             s.max_queue = Some(1_000);
         });
-        let root = registry
-            .spawn_root(TaskSpec::new("lead", "run"), |_| std::future::pending())
-            .unwrap();
+        let root = idle_root(&registry);
         let n_tasks = 60;
         let mut ids = Vec::new();
         for n in 0..n_tasks {
             let work = Duration::from_millis(rng.u64(1..50));
             let fails = rng.u8(..10) == 0;
             let spawned = registry
-                .spawn(
-                    bg("w", &n.to_string()).parent(root.id),
-                    move |_| async move {
-                        tokio::time::sleep(work).await;
-                        if fails {
-                            Err(deputy_registry::TaskFailure::other("flaky"))
-                        } else {
-                            Ok("ok".into())
-                        }
-                    },
-                )
+                .spawn(bg("w", &n.to_string()).parent(root), move |_| async move {
+                    tokio::time::sleep(work).await;
+                    if fails {
+                        Err(deputy_registry::TaskFailure::other("flaky"))
+                    } else {
+                        Ok("ok".into())
+                    }
+                })
                 .unwrap();
             ids.push(spawned.id);
         }
@@ -99,7 +84,7 @@ async fn exactly_once_under_random_interleavings() {
             steps += 1;
             match rng.u8(..3) {
                 0 => {
-                    for task in registry.take_finished(Some(root.id)) {
+                    for task in registry.take_finished(Some(root)) {
                         *deliveries.entry(task.id).or_default() += 1;
                     }
                 }

@@ -78,6 +78,14 @@ impl Gates {
     }
 }
 
+/// A root run that never ends, to parent tasks whose delivery a test reads.
+pub(crate) fn idle_root(registry: &Registry) -> TaskId {
+    registry
+        .spawn_root(TaskSpec::new("lead", "run"), |_| std::future::pending())
+        .unwrap()
+        .id
+}
+
 /// A background spec for `agent`.
 pub(crate) fn bg(agent: &str, text: &str) -> TaskSpec {
     TaskSpec::new(agent, text).background(true)
