@@ -35,12 +35,24 @@ const ROUNDS: usize = 3;
 const MEMORY_CHILD_FLAG: &str = "--memory-child";
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let args: Vec<String> = std::env::args().collect();
+    // `-- throughput` runs only the throughput part; `-- current-thread`
+    // runs on one thread, which shows the CPU cost per task without lock
+    // contention between threads.
+    let only_throughput = args.iter().any(|arg| arg == "throughput");
+    let current_thread = args.iter().any(|arg| arg == "current-thread");
+    let runtime = if current_thread {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
     if let Some(position) = args.iter().position(|arg| arg == MEMORY_CHILD_FLAG) {
         let bytes = match args.get(position + 1).map(String::as_str) {
             Some("registry") => runtime.block_on(registry_queued_memory()),
@@ -49,10 +61,12 @@ fn main() {
         println!("{bytes}");
         return;
     }
-    println!(
-        "deputy-registry benchmarks ({} worker threads, best of {ROUNDS} rounds where noted)\n",
-        2
-    );
+    let threads = if current_thread {
+        "a current-thread runtime"
+    } else {
+        "2 worker threads"
+    };
+    println!("deputy-registry benchmarks ({threads}, best of {ROUNDS} rounds where noted)\n");
 
     println!("throughput: spawn -> run -> complete -> collect, {THROUGHPUT_TASKS} no-op tasks");
     for cap in [THROUGHPUT_TASKS, 64] {
@@ -65,6 +79,10 @@ fn main() {
             registry_rate / baseline_rate,
             (1.0 / registry_rate - 1.0 / baseline_rate) * 1e6,
         );
+    }
+
+    if only_throughput {
+        return;
     }
 
     println!(
