@@ -13,9 +13,7 @@ use serde_json::{Map, Value, json};
 
 use crate::error::{ErrorKind, ProviderError};
 use crate::framing::{Frame, Framing};
-use crate::http::{
-    Classified, PreparedRequest, WireFormat, kind_for_status, mentions_context_length,
-};
+use crate::http::{Classified, PreparedRequest, WireFormat, insert_secret, kind_for_status};
 use crate::message::{ChatRequest, ChatResponse, FinishReason, Message, ToolArguments, ToolCall};
 use crate::openai::body_or_status;
 use crate::provider::ProviderKind;
@@ -61,10 +59,11 @@ impl WireFormat for AnthropicWire {
     ) -> Result<PreparedRequest, String> {
         let mut headers = HeaderMap::new();
         if let Some(key) = key {
-            let mut value = HeaderValue::from_str(key.expose())
-                .map_err(|_| "the API key contains characters a header cannot carry".to_owned())?;
-            value.set_sensitive(true);
-            headers.insert(HeaderName::from_static("x-api-key"), value);
+            insert_secret(
+                &mut headers,
+                HeaderName::from_static("x-api-key"),
+                key.expose(),
+            )?;
         }
         let version = HeaderValue::from_str(&self.version).map_err(|_| {
             format!(
@@ -85,16 +84,8 @@ impl WireFormat for AnthropicWire {
                     .unwrap_or(self.default_max_tokens)
             ),
         );
-        let system: Vec<&str> = request
-            .messages
-            .iter()
-            .filter_map(|message| match message {
-                Message::System { content } => Some(content.as_str()),
-                _ => None,
-            })
-            .collect();
-        if !system.is_empty() {
-            body.insert("system".into(), json!(system.join("\n\n")));
+        if let Some(system) = request.system_text() {
+            body.insert("system".into(), json!(system));
         }
         body.insert("messages".into(), messages_json(&request.messages));
         if !request.tools.is_empty() {
@@ -187,15 +178,7 @@ impl WireFormat for AnthropicWire {
         } else {
             body_or_status(status, body)
         };
-        let mut kind = error_kind(error, kind_for_status(status));
-        if kind == ErrorKind::BadRequest && mentions_context_length(&message) {
-            kind = ErrorKind::ContextLength;
-        }
-        Classified {
-            kind,
-            message,
-            retry_after: None,
-        }
+        Classified::new(error_kind(error, kind_for_status(status)), message)
     }
 
     fn framing(&self) -> Framing {

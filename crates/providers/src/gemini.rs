@@ -6,20 +6,21 @@
 
 use deputy_registry::Usage;
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{HeaderMap, HeaderName};
 use serde_json::{Map, Value, json};
 
 use crate::error::{ErrorKind, ProviderError};
 use crate::framing::{Frame, Framing};
 use crate::http::{
-    Classified, PreparedRequest, WireFormat, kind_for_status, mentions_context_length,
+    Classified, PreparedRequest, WireFormat, insert_secret, kind_for_status,
+    mentions_context_length,
 };
 use crate::message::{ChatRequest, ChatResponse, FinishReason, Message, ToolArguments, ToolCall};
 use crate::openai::body_or_status;
 use crate::provider::ProviderKind;
 use crate::retry::parse_google_duration;
 use crate::secret::ApiKey;
-use crate::stream::{StreamDecoder, StreamEvent, excerpt, frame_json};
+use crate::stream::{StreamDecoder, StreamEvent, excerpt, frame_json, text_and_calls};
 
 /// The default base URL.
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
@@ -47,24 +48,17 @@ impl WireFormat for GeminiWire {
     ) -> Result<PreparedRequest, String> {
         let mut headers = HeaderMap::new();
         if let Some(key) = key {
-            let mut value = HeaderValue::from_str(key.expose())
-                .map_err(|_| "the API key contains characters a header cannot carry".to_owned())?;
-            value.set_sensitive(true);
-            headers.insert(HeaderName::from_static("x-goog-api-key"), value);
+            insert_secret(
+                &mut headers,
+                HeaderName::from_static("x-goog-api-key"),
+                key.expose(),
+            )?;
         }
         let mut body = Map::new();
-        let system: Vec<&str> = request
-            .messages
-            .iter()
-            .filter_map(|message| match message {
-                Message::System { content } => Some(content.as_str()),
-                _ => None,
-            })
-            .collect();
-        if !system.is_empty() {
+        if let Some(system) = request.system_text() {
             body.insert(
                 "systemInstruction".into(),
-                json!({"parts": [{"text": system.join("\n\n")}]}),
+                json!({"parts": [{"text": system}]}),
             );
         }
         body.insert("contents".into(), contents_json(&request.messages));
@@ -122,15 +116,7 @@ impl WireFormat for GeminiWire {
                 ),
             ));
         }
-        let mut text = String::new();
-        let mut tool_calls = Vec::new();
-        for event in events {
-            match event {
-                StreamEvent::TextDelta { text: part } => text.push_str(&part),
-                StreamEvent::ToolCall { call } => tool_calls.push(call),
-                StreamEvent::Finished { .. } => {}
-            }
-        }
+        let (text, tool_calls) = text_and_calls(events);
         Ok(ChatResponse {
             finish: reader.finish_reason(!tool_calls.is_empty()),
             text,

@@ -69,6 +69,37 @@ pub(crate) struct Classified {
     pub(crate) retry_after: Option<Duration>,
 }
 
+impl Classified {
+    /// A failure of `kind`; a bad request whose message says the prompt is
+    /// too long becomes `context_length`.
+    pub(crate) fn new(kind: ErrorKind, message: String) -> Self {
+        let kind = if kind == ErrorKind::BadRequest && mentions_context_length(&message) {
+            ErrorKind::ContextLength
+        } else {
+            kind
+        };
+        Self {
+            kind,
+            message,
+            retry_after: None,
+        }
+    }
+}
+
+/// Adds a header that carries a key, marked sensitive so it is never
+/// printed.
+pub(crate) fn insert_secret(
+    headers: &mut HeaderMap,
+    name: HeaderName,
+    value: &str,
+) -> Result<(), String> {
+    let mut value = HeaderValue::from_str(value)
+        .map_err(|_| "the API key contains characters a header cannot carry".to_owned())?;
+    value.set_sensitive(true);
+    headers.insert(name, value);
+    Ok(())
+}
+
 /// The wire format of one backend.
 pub(crate) trait WireFormat: fmt::Debug + Send + Sync + 'static {
     fn kind(&self) -> ProviderKind;

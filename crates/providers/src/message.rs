@@ -249,6 +249,20 @@ impl ChatRequest {
         self
     }
 
+    /// Every system message, joined by blank lines, for backends that take
+    /// the instructions apart from the conversation.
+    pub(crate) fn system_text(&self) -> Option<String> {
+        let parts: Vec<&str> = self
+            .messages
+            .iter()
+            .filter_map(|message| match message {
+                Message::System { content } => Some(content.as_str()),
+                _ => None,
+            })
+            .collect();
+        (!parts.is_empty()).then(|| parts.join("\n\n"))
+    }
+
     /// The text of the last user message, if any.
     pub fn last_user_text(&self) -> Option<&str> {
         self.messages

@@ -12,14 +12,12 @@ use serde_json::{Map, Value, json};
 
 use crate::error::{ErrorKind, ProviderError};
 use crate::framing::{Frame, Framing};
-use crate::http::{
-    Classified, PreparedRequest, WireFormat, kind_for_status, mentions_context_length,
-};
+use crate::http::{Classified, PreparedRequest, WireFormat, insert_secret, kind_for_status};
 use crate::message::{ChatRequest, ChatResponse, FinishReason, Message, ToolArguments, ToolCall};
-use crate::openai::body_or_status;
+use crate::openai::{body_or_status, function_tools};
 use crate::provider::ProviderKind;
 use crate::secret::ApiKey;
-use crate::stream::{StreamDecoder, StreamEvent, excerpt, frame_json};
+use crate::stream::{StreamDecoder, StreamEvent, excerpt, frame_json, text_and_calls};
 
 /// The default base URL: a local Ollama.
 pub const DEFAULT_BASE_URL: &str = "http://127.0.0.1:11434";
@@ -44,13 +42,11 @@ impl WireFormat for OllamaWire {
         let mut headers = HeaderMap::new();
         // Ollama itself takes no key; a proxy in front of it may.
         if let Some(key) = key {
-            let mut value =
-                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.expose()))
-                    .map_err(|_| {
-                        "the API key contains characters a header cannot carry".to_owned()
-                    })?;
-            value.set_sensitive(true);
-            headers.insert(reqwest::header::AUTHORIZATION, value);
+            insert_secret(
+                &mut headers,
+                reqwest::header::AUTHORIZATION,
+                &format!("Bearer {}", key.expose()),
+            )?;
         }
         let mut body = Map::new();
         body.insert("model".into(), json!(model));
@@ -59,21 +55,7 @@ impl WireFormat for OllamaWire {
             Value::Array(request.messages.iter().map(message_json).collect()),
         );
         if !request.tools.is_empty() {
-            let tools = request
-                .tools
-                .iter()
-                .map(|tool| {
-                    json!({
-                        "type": "function",
-                        "function": {
-                            "name": tool.name,
-                            "description": tool.description,
-                            "parameters": tool.parameters,
-                        }
-                    })
-                })
-                .collect();
-            body.insert("tools".into(), Value::Array(tools));
+            body.insert("tools".into(), function_tools(&request.tools));
         }
         // Ollama streams unless told not to.
         body.insert("stream".into(), json!(stream));
@@ -108,15 +90,7 @@ impl WireFormat for OllamaWire {
                 ),
             ));
         }
-        let mut text = String::new();
-        let mut tool_calls = Vec::new();
-        for event in events {
-            match event {
-                StreamEvent::TextDelta { text: part } => text.push_str(&part),
-                StreamEvent::ToolCall { call } => tool_calls.push(call),
-                StreamEvent::Finished { .. } => {}
-            }
-        }
+        let (text, tool_calls) = text_and_calls(events);
         Ok(ChatResponse {
             finish: reader.finish_reason(),
             text,
@@ -134,15 +108,7 @@ impl WireFormat for OllamaWire {
             .and_then(Value::as_str)
             .map(str::to_owned)
             .unwrap_or_else(|| body_or_status(status, body));
-        let mut kind = kind_for_status(status);
-        if kind == ErrorKind::BadRequest && mentions_context_length(&message) {
-            kind = ErrorKind::ContextLength;
-        }
-        Classified {
-            kind,
-            message,
-            retry_after: None,
-        }
+        Classified::new(kind_for_status(status), message)
     }
 
     fn framing(&self) -> Framing {

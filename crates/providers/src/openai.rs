@@ -8,16 +8,16 @@ use std::collections::BTreeMap;
 
 use deputy_registry::Usage;
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use reqwest::header::{AUTHORIZATION, HeaderMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::{ErrorKind, ProviderError};
 use crate::framing::{Frame, Framing};
-use crate::http::{
-    Classified, PreparedRequest, WireFormat, kind_for_status, mentions_context_length,
+use crate::http::{Classified, PreparedRequest, WireFormat, insert_secret, kind_for_status};
+use crate::message::{
+    ChatRequest, ChatResponse, FinishReason, Message, ToolArguments, ToolCall, ToolSpec,
 };
-use crate::message::{ChatRequest, ChatResponse, FinishReason, Message, ToolArguments, ToolCall};
 use crate::provider::ProviderKind;
 use crate::secret::ApiKey;
 use crate::stream::{StreamDecoder, StreamEvent, excerpt, frame_json};
@@ -67,10 +67,11 @@ impl WireFormat for OpenAiWire {
     ) -> Result<PreparedRequest, String> {
         let mut headers = HeaderMap::new();
         if let Some(key) = key {
-            let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
-                .map_err(|_| "the API key contains characters a header cannot carry".to_owned())?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
+            insert_secret(
+                &mut headers,
+                AUTHORIZATION,
+                &format!("Bearer {}", key.expose()),
+            )?;
         }
         let mut body = Map::new();
         body.insert("model".into(), json!(model));
@@ -79,21 +80,7 @@ impl WireFormat for OpenAiWire {
             Value::Array(request.messages.iter().map(message_json).collect()),
         );
         if !request.tools.is_empty() {
-            let tools = request
-                .tools
-                .iter()
-                .map(|tool| {
-                    json!({
-                        "type": "function",
-                        "function": {
-                            "name": tool.name,
-                            "description": tool.description,
-                            "parameters": tool.parameters,
-                        }
-                    })
-                })
-                .collect();
-            body.insert("tools".into(), Value::Array(tools));
+            body.insert("tools".into(), function_tools(&request.tools));
         }
         if let Some(max) = request.options.max_output_tokens {
             body.insert(self.max_tokens_field.as_str().into(), json!(max));
@@ -190,6 +177,23 @@ impl WireFormat for OpenAiWire {
             done: false,
         })
     }
+}
+
+/// Tools as OpenAI (and Ollama) declare them.
+pub(crate) fn function_tools(tools: &[ToolSpec]) -> Value {
+    tools
+        .iter()
+        .map(|tool| {
+            json!({
+                "type": "function",
+                "function": {
+                    "name": tool.name,
+                    "description": tool.description,
+                    "parameters": tool.parameters,
+                }
+            })
+        })
+        .collect()
 }
 
 fn message_json(message: &Message) -> Value {
@@ -290,19 +294,14 @@ pub(crate) fn classify(status: StatusCode, body: &str) -> Classified {
         .get("type")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let mut kind = kind_for_status(status);
-    if code == "insufficient_quota" || kind_name == "insufficient_quota" {
-        kind = ErrorKind::QuotaExhausted;
-    } else if kind == ErrorKind::BadRequest
-        && (code == "context_length_exceeded" || mentions_context_length(&message))
-    {
-        kind = ErrorKind::ContextLength;
-    }
-    Classified {
-        kind,
-        message,
-        retry_after: None,
-    }
+    let kind = if code == "insufficient_quota" || kind_name == "insufficient_quota" {
+        ErrorKind::QuotaExhausted
+    } else if code == "context_length_exceeded" {
+        ErrorKind::ContextLength
+    } else {
+        kind_for_status(status)
+    };
+    Classified::new(kind, message)
 }
 
 /// The body as the message, or a note that there was none.

@@ -74,18 +74,16 @@ impl ChatStream {
     /// The stream's own error, or `truncated_stream` when it ended without
     /// its `Finished` event.
     pub async fn collect_response(mut self, provider: &str) -> Result<ChatResponse, ProviderError> {
-        let mut text = String::new();
-        let mut tool_calls = Vec::new();
+        let mut events = Vec::new();
         while let Some(event) = self.next().await {
             match event? {
-                StreamEvent::TextDelta { text: delta } => text.push_str(&delta),
-                StreamEvent::ToolCall { call } => tool_calls.push(call),
                 StreamEvent::Finished {
                     finish,
                     usage,
                     model,
                     signature,
                 } => {
+                    let (text, tool_calls) = text_and_calls(events);
                     return Ok(ChatResponse {
                         text,
                         tool_calls,
@@ -95,6 +93,7 @@ impl ChatStream {
                         signature,
                     });
                 }
+                event => events.push(event),
             }
         }
         Err(ProviderError::new(
@@ -111,6 +110,20 @@ impl Stream for ChatStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.inner.as_mut().poll_next(cx)
     }
+}
+
+/// The text and tool calls that `events` add up to.
+pub(crate) fn text_and_calls(events: Vec<StreamEvent>) -> (String, Vec<ToolCall>) {
+    let mut text = String::new();
+    let mut tool_calls = Vec::new();
+    for event in events {
+        match event {
+            StreamEvent::TextDelta { text: delta } => text.push_str(&delta),
+            StreamEvent::ToolCall { call } => tool_calls.push(call),
+            StreamEvent::Finished { .. } => {}
+        }
+    }
+    (text, tool_calls)
 }
 
 /// Turns one backend's frames into events.
