@@ -316,6 +316,7 @@ impl Transport {
         &self,
         wire: &dyn WireFormat,
         request: &PreparedRequest,
+        model: &str,
     ) -> Result<ChatResponse, ProviderError> {
         let _permit = self.permit().await;
         let deadline = Instant::now() + self.timeouts.request;
@@ -358,6 +359,10 @@ impl Transport {
                 .parse(&self.name, json)
                 .map_err(|error| error.with_attempts(attempt))?;
             answer.usage.requests = u64::from(attempt);
+            if answer.model.is_empty() {
+                // Not every server names the model that answered.
+                model.clone_into(&mut answer.model);
+            }
             return Ok(answer);
         }
     }
@@ -485,12 +490,14 @@ impl StreamDriver {
                 self.done = true;
                 return Some(Err(error.with_attempts(self.attempt)));
             }
-            // Nothing has reached the caller yet: the stream may start over.
+            // Nothing has reached the caller yet: the stream may start over,
+            // and one that was cut short is worth starting over too.
+            let should_retry = (error.kind() == ErrorKind::TruncatedStream).then_some(true);
             self.body = None;
             self.pending.clear();
             if let Err(error) = self
                 .transport
-                .pause_or_give_up(self.attempt, error, None, self.deadline)
+                .pause_or_give_up(self.attempt, error, should_retry, self.deadline)
                 .await
             {
                 self.done = true;
@@ -603,8 +610,8 @@ impl Provider for HttpProvider {
     }
 
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, ProviderError> {
-        let (prepared, _model) = self.prepare(request, false)?;
-        self.transport.call(&*self.wire, &prepared).await
+        let (prepared, model) = self.prepare(request, false)?;
+        self.transport.call(&*self.wire, &prepared, &model).await
     }
 
     async fn chat_stream(&self, request: &ChatRequest) -> Result<ChatStream, ProviderError> {
