@@ -89,10 +89,12 @@ async fn anthropic_overload_529_is_retried_then_succeeds() {
             .call(&*provider, &ask(&format!("{mode:?} through an overload")))
             .await
             .unwrap_or_else(|error| panic!("{mode:?}: {error}"));
-        // retry-after-ms (300) is read before retry-after (rounded up to 1).
+        // The asked wait was honoured. (That retry-after-ms wins over the
+        // rounded-up retry-after is a unit test of the retry module: an
+        // upper bound on wall time here would flake on a busy machine.)
         let took = started.elapsed();
         assert!(
-            took >= Duration::from_millis(300) && took < Duration::from_secs(1),
+            took >= Duration::from_millis(300),
             "{mode:?}: took {took:?}"
         );
         assert_eq!(answer.usage.requests, 2, "{mode:?}: {answer:#?}");
@@ -225,7 +227,8 @@ async fn a_wait_longer_than_max_retry_wait_fails_at_once() {
         .chat(&ask("rate limited for half a minute"))
         .await
         .expect_err("not worth waiting for");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // Far below the 30 s it would have waited, with room for a busy machine.
+    assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(error.kind(), ErrorKind::RateLimited, "{error}");
     assert_eq!(
         error.retry_after(),

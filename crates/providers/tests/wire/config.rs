@@ -201,3 +201,44 @@ async fn the_demo_provider_writes_a_deterministic_note_for_a_worker() {
     assert!(first.text.contains("Rust"), "{}", first.text);
     assert!(first.usage.input_tokens > 0 && first.usage.output_tokens > 0);
 }
+
+#[tokio::test]
+async fn script_files_are_read_as_json_or_toml_relative_to_the_config() {
+    let dir = std::env::temp_dir().join(format!("deputy-script-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("script.json"),
+        r#"{"turns": [{"text": "from json", "usage": {"input_tokens": 7}}]}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("script.toml"), "[[turns]]\ntext = \"from toml\"\n").unwrap();
+    std::fs::write(
+        dir.join("broken.toml"),
+        "[[turns]]\nwhen = \"(\"\ntext = \"x\"\n",
+    )
+    .unwrap();
+    let hi = ChatRequest::new(vec![Message::user("hi")]);
+    for (file, expected) in [("script.json", "from json"), ("script.toml", "from toml")] {
+        let provider = parse(&format!("kind = \"scripted\"\nscript_file = \"{file}\""))
+            .unwrap()
+            .resolve_paths(&dir)
+            .build(|_| None)
+            .unwrap();
+        assert_eq!(provider.chat(&hi).await.unwrap().text, expected);
+    }
+    let error = parse("kind = \"scripted\"\nscript_file = \"broken.toml\"")
+        .unwrap()
+        .resolve_paths(&dir)
+        .build(|_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("`when` is not a valid regex"), "{error}");
+    let error = parse("kind = \"scripted\"\nscript_file = \"missing.json\"")
+        .unwrap()
+        .resolve_paths(&dir)
+        .build(|_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("cannot read script file"), "{error}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -159,7 +159,8 @@ async fn a_wait_longer_than_max_retry_wait_fails_at_once() {
         .chat(&hi())
         .await
         .unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // Far below the hour it would have waited, with room for a busy machine.
+    assert!(started.elapsed() < Duration::from_secs(30));
     assert_eq!(error.kind(), ErrorKind::RateLimited);
     assert_eq!(error.retry_after(), Some(Duration::from_secs(3600)));
     assert!(
@@ -235,13 +236,13 @@ async fn a_malformed_body_is_a_malformed_response_and_not_retried() {
 }
 
 #[tokio::test]
-async fn a_slow_answer_times_out_per_attempt_and_is_retried() {
+async fn an_answer_slower_than_the_request_timeout_is_a_timeout() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(
             ResponseTemplate::new(200)
                 .set_body_json(ok_body())
-                .set_delay(Duration::from_secs(5)),
+                .set_delay(Duration::from_secs(60)),
         )
         .mount(&server)
         .await;
@@ -252,8 +253,9 @@ async fn a_slow_answer_times_out_per_attempt_and_is_retried() {
     let started = Instant::now();
     let error = provider.chat(&hi()).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
+    // Well before the server's 60 s answer.
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(30),
         "{:?}",
         started.elapsed()
     );
@@ -317,19 +319,10 @@ async fn max_concurrent_requests_queues_calls_to_one_backend() {
     let (first, second) = tokio::join!(capped.chat(&request), capped.chat(&request));
     first.unwrap();
     second.unwrap();
+    // Two 300 ms answers one after the other: the second call waited for
+    // the first (uncapped, they would overlap and take about 300 ms).
     assert!(
         started.elapsed() >= Duration::from_millis(600),
-        "{:?}",
-        started.elapsed()
-    );
-
-    let uncapped = provider("openai", &server.uri(), |_| {});
-    let started = Instant::now();
-    let (first, second) = tokio::join!(uncapped.chat(&request), uncapped.chat(&request));
-    first.unwrap();
-    second.unwrap();
-    assert!(
-        started.elapsed() < Duration::from_millis(600),
         "{:?}",
         started.elapsed()
     );
@@ -414,7 +407,7 @@ async fn a_stream_silent_past_the_idle_timeout_fails() {
     );
     let base = raw_server(
         format!("{}{first_chunk}", streaming_head("text/event-stream")),
-        Some(Duration::from_secs(10)),
+        Some(Duration::from_secs(60)),
     )
     .await;
     let started = Instant::now();
@@ -427,8 +420,9 @@ async fn a_stream_silent_past_the_idle_timeout_fails() {
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
     assert!(error.message().contains("idle timeout"), "{error}");
+    // Well before the server's 60 s stall ends.
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(30),
         "{:?}",
         started.elapsed()
     );
