@@ -95,7 +95,7 @@ pub struct ProviderConfig {
     base_url: String,
     key: KeySource,
     model: String,
-    headers: Vec<(String, String)>,
+    headers: ExtraHeaders,
     timeouts: Timeouts,
     retry: RetryPolicy,
     max_concurrent_requests: Option<usize>,
@@ -105,6 +105,19 @@ pub struct ProviderConfig {
     script_file: Option<PathBuf>,
     turns: Option<Vec<ScriptTurn>>,
     latency: Duration,
+}
+
+/// Extra request headers. They often carry credentials (a gateway key, an
+/// organization token), so `Debug` shows their names only.
+#[derive(Clone, Default, PartialEq, Eq)]
+struct ExtraHeaders(Vec<(String, String)>);
+
+impl fmt::Debug for ExtraHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| format!("{name}: [redacted]")))
+            .finish()
+    }
 }
 
 /// What is wrong with a provider's config: every problem, each naming the
@@ -394,7 +407,7 @@ impl ProviderConfig {
             base_url,
             key,
             model,
-            headers,
+            headers: ExtraHeaders(headers),
             timeouts,
             retry: RetryPolicy {
                 max_retries,
@@ -421,7 +434,7 @@ impl ProviderConfig {
             base_url: String::new(),
             key: KeySource::None,
             model: ScriptedProvider::DEFAULT_MODEL.to_owned(),
-            headers: Vec::new(),
+            headers: ExtraHeaders::default(),
             timeouts: Timeouts::default(),
             retry: RetryPolicy::default(),
             max_concurrent_requests: None,
@@ -540,7 +553,7 @@ impl ProviderConfig {
             &self.name,
             TransportSettings {
                 key,
-                extra_headers: self.headers.clone(),
+                extra_headers: self.headers.0.clone(),
                 retry: self.retry,
                 timeouts: self.timeouts,
                 max_concurrent_requests: self.max_concurrent_requests,

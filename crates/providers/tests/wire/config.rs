@@ -63,11 +63,18 @@ fn a_missing_key_is_named_at_build_time() {
 
 #[test]
 fn an_inline_key_never_shows_in_debug_output() {
-    let config = parse("kind = \"gemini\"\napi_key = \"AIza-very-secret-key\"").unwrap();
-    assert!(!format!("{config:?}").contains("AIza-very-secret-key"));
+    let config = parse(
+        "kind = \"gemini\"\napi_key = \"AIza-very-secret-key\"\nheaders = { x-gateway-token = \"gw-secret-token\" }",
+    )
+    .unwrap();
+    for secret in ["AIza-very-secret-key", "gw-secret-token"] {
+        assert!(!format!("{config:?}").contains(secret), "{config:?}");
+    }
     let provider = config.build(|_| None).unwrap();
     assert_eq!(provider.kind(), ProviderKind::Gemini);
-    assert!(!format!("{provider:?}").contains("AIza-very-secret-key"));
+    for secret in ["AIza-very-secret-key", "gw-secret-token"] {
+        assert!(!format!("{provider:?}").contains(secret), "{provider:?}");
+    }
 }
 
 #[tokio::test]
