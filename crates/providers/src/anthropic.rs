@@ -13,9 +13,10 @@ use serde_json::{Map, Value, json};
 
 use crate::error::{ErrorKind, ProviderError};
 use crate::framing::{Frame, Framing};
-use crate::http::{Classified, PreparedRequest, WireFormat, insert_secret, kind_for_status};
+use crate::http::{
+    Classified, PreparedRequest, WireFormat, body_or_status, insert_secret, kind_for_status,
+};
 use crate::message::{ChatRequest, ChatResponse, FinishReason, Message, ToolArguments, ToolCall};
-use crate::openai::body_or_status;
 use crate::provider::ProviderKind;
 use crate::secret::ApiKey;
 use crate::stream::{StreamDecoder, StreamEvent, excerpt, frame_json};

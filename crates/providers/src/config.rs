@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::anthropic::{self, AnthropicWire};
 use crate::gemini::{self, GeminiWire};
-use crate::http::{HttpProvider, Timeouts, Transport, TransportSettings};
+use crate::http::{HttpProvider, Timeouts, Transport, TransportSettings, parse_header};
 use crate::ollama::{self, OllamaWire};
 use crate::openai::{self, MaxTokensField, OpenAiWire};
 use crate::provider::{Provider, ProviderKind};
@@ -377,14 +377,8 @@ impl ProviderConfig {
         }
         let headers: Vec<(String, String)> = raw.headers.unwrap_or_default().into_iter().collect();
         for (header, value) in &headers {
-            if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                problems.push(format!(
-                    "headers: `{header}` is not a valid HTTP header name"
-                ));
-            } else if reqwest::header::HeaderValue::from_str(value).is_err() {
-                problems.push(format!(
-                    "headers: the value of `{header}` is not a valid header value"
-                ));
+            if let Err(problem) = parse_header(header, value) {
+                problems.push(problem);
             }
         }
 

@@ -86,6 +86,31 @@ impl Classified {
     }
 }
 
+/// A configured extra header, its value marked sensitive (such headers
+/// often carry credentials).
+///
+/// # Errors
+/// A sentence naming the header when the name or value cannot be sent.
+pub(crate) fn parse_header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+        format!("headers: `{name}` is not a valid HTTP header name; use letters, digits and dashes")
+    })?;
+    let mut value = HeaderValue::from_str(value).map_err(|_| {
+        format!("headers: the value of `{name}` is not a valid header value; remove control characters and non-ASCII text")
+    })?;
+    value.set_sensitive(true);
+    Ok((header, value))
+}
+
+/// The body as the message of an error, or a note that there was none.
+pub(crate) fn body_or_status(status: StatusCode, body: &str) -> String {
+    if body.trim().is_empty() {
+        format!("http {} with an empty body", status.as_u16())
+    } else {
+        excerpt(body.trim())
+    }
+}
+
 /// Adds a header that carries a key, marked sensitive so it is never
 /// printed.
 pub(crate) fn insert_secret(
@@ -157,12 +182,8 @@ impl Transport {
             .map_err(|error| format!("cannot build the HTTP client: {error}"))?;
         let mut extra_headers = HeaderMap::new();
         for (name, value) in &settings.extra_headers {
-            let header = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("header name `{name}` is not a valid HTTP header name"))?;
-            let mut value = HeaderValue::from_str(value)
-                .map_err(|_| format!("the value of header `{name}` is not a valid header value"))?;
-            value.set_sensitive(true);
-            extra_headers.insert(header, value);
+            let (name, value) = parse_header(name, value)?;
+            extra_headers.insert(name, value);
         }
         Ok(Self {
             name: Arc::from(name),

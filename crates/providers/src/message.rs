@@ -263,6 +263,14 @@ impl ChatRequest {
         (!parts.is_empty()).then(|| parts.join("\n\n"))
     }
 
+    /// How many assistant turns the conversation has had.
+    pub(crate) fn assistant_turns(&self) -> usize {
+        self.messages
+            .iter()
+            .filter(|message| matches!(message, Message::Assistant { .. }))
+            .count()
+    }
+
     /// The text of the last user message, if any.
     pub fn last_user_text(&self) -> Option<&str> {
         self.messages

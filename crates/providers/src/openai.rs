@@ -14,7 +14,9 @@ use serde_json::{Map, Value, json};
 
 use crate::error::{ErrorKind, ProviderError};
 use crate::framing::{Frame, Framing};
-use crate::http::{Classified, PreparedRequest, WireFormat, insert_secret, kind_for_status};
+use crate::http::{
+    Classified, PreparedRequest, WireFormat, body_or_status, insert_secret, kind_for_status,
+};
 use crate::message::{
     ChatRequest, ChatResponse, FinishReason, Message, ToolArguments, ToolCall, ToolSpec,
 };
@@ -302,15 +304,6 @@ pub(crate) fn classify(status: StatusCode, body: &str) -> Classified {
         kind_for_status(status)
     };
     Classified::new(kind, message)
-}
-
-/// The body as the message, or a note that there was none.
-pub(crate) fn body_or_status(status: StatusCode, body: &str) -> String {
-    if body.trim().is_empty() {
-        format!("http {} with an empty body", status.as_u16())
-    } else {
-        excerpt(body.trim())
-    }
 }
 
 #[derive(Debug, Default)]

@@ -142,11 +142,7 @@ impl Script {
     /// The turn for a call: the first one, counting from the conversation's
     /// own turn number, whose `when` matches the last user message.
     fn pick(&self, request: &ChatRequest) -> Result<&ScriptTurn, String> {
-        let turn_number = request
-            .messages
-            .iter()
-            .filter(|message| matches!(message, Message::Assistant { .. }))
-            .count();
+        let turn_number = request.assistant_turns();
         let last_user = request.last_user_text().unwrap_or_default();
         self.turns
             .iter()
@@ -321,12 +317,7 @@ impl Provider for ScriptedProvider {
 
 /// Ids unique within a conversation: the reply number and the position.
 fn call_id(request: &ChatRequest, index: usize) -> String {
-    let reply = request
-        .messages
-        .iter()
-        .filter(|message| matches!(message, Message::Assistant { .. }))
-        .count();
-    format!("scripted-{}-{index}", reply + 1)
+    format!("scripted-{}-{index}", request.assistant_turns() + 1)
 }
 
 /// About four characters a token: enough for limits and billing to have

@@ -1,5 +1,5 @@
 use deputy_providers::{
-    ChatRequest, ErrorKind, FinishReason, Message, StreamEvent, ToolCall, ToolSpec, Usage,
+    ChatRequest, ErrorKind, FinishReason, Message, StreamEvent, ToolCall, Usage,
 };
 use futures::StreamExt as _;
 use serde_json::json;
@@ -7,16 +7,9 @@ use wiremock::matchers::{body_partial_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::support::{
-    KEY, provider, raw_server_parts, request_body, sse, sse_response, streaming_head,
+    KEY, provider, raw_server_parts, request_body, sse, sse_response, stream_error, streaming_head,
+    weather_tool,
 };
-
-fn tool() -> ToolSpec {
-    ToolSpec {
-        name: "get_weather".into(),
-        description: "Weather for a city".into(),
-        parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}}),
-    }
-}
 
 fn tool_use_answer() -> serde_json::Value {
     json!({
@@ -71,7 +64,7 @@ async fn sends_messages_with_system_apart_and_tool_results_leading_a_user_turn()
         Message::tool_result(&call, "cold", false),
         Message::user("And tomorrow?"),
     ])
-    .tools(vec![tool()])
+    .tools(vec![weather_tool()])
     .temperature(0.25);
     let answer = provider.chat(&request).await.unwrap();
     assert_eq!(answer.text, "Let me check.");
@@ -182,7 +175,7 @@ async fn a_named_event_stream_agrees_with_the_plain_answer() {
         .mount(&server)
         .await;
     let provider = provider("anthropic", &server.uri(), |_| {});
-    let request = ChatRequest::new(vec![Message::user("Weather?")]).tools(vec![tool()]);
+    let request = ChatRequest::new(vec![Message::user("Weather?")]).tools(vec![weather_tool()]);
     let plain = provider.chat(&request).await.unwrap();
     let streamed = provider
         .chat_stream(&request)
@@ -260,13 +253,11 @@ async fn a_stream_without_message_stop_is_truncated() {
         .respond_with(sse_response(sse(&tool_use_stream()[..11])))
         .mount(&server)
         .await;
-    let error = provider("anthropic", &server.uri(), |_| {})
-        .chat_stream(&ChatRequest::new(vec![Message::user("hi")]))
-        .await
-        .unwrap()
-        .collect_response("test")
-        .await
-        .unwrap_err();
+    let error = stream_error(
+        &*provider("anthropic", &server.uri(), |_| {}),
+        &ChatRequest::new(vec![Message::user("hi")]),
+    )
+    .await;
     assert_eq!(error.kind(), ErrorKind::TruncatedStream);
     assert!(error.message().contains("message_stop"), "{error}");
 }

@@ -1,19 +1,13 @@
 use std::time::{Duration, Instant};
 
-use deputy_providers::{ChatRequest, ErrorKind, FinishReason, Message, ToolSpec, Usage};
+use deputy_providers::{ChatRequest, ErrorKind, FinishReason, Message, Usage};
 use serde_json::json;
 use wiremock::matchers::{body_partial_json, header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::support::{KEY, data_events, provider, request_body, sse_response};
-
-fn tool() -> ToolSpec {
-    ToolSpec {
-        name: "get_weather".into(),
-        description: "Weather for a city".into(),
-        parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}}),
-    }
-}
+use crate::support::{
+    KEY, data_events, provider, request_body, sse_response, stream_error, weather_tool,
+};
 
 fn function_call_answer() -> serde_json::Value {
     json!({
@@ -48,7 +42,7 @@ async fn a_function_call_is_reported_as_tool_calls_although_gemini_says_stop() {
         Message::system("Be brief."),
         Message::user("Weather?"),
     ])
-    .tools(vec![tool()])
+    .tools(vec![weather_tool()])
     .max_output_tokens(50);
     let answer = provider.chat(&request).await.unwrap();
     assert_eq!(answer.finish, FinishReason::ToolCalls);
@@ -88,7 +82,7 @@ async fn the_next_turn_echoes_the_model_turn_with_its_signature() {
         .mount(&server)
         .await;
     let provider = provider("gemini", &server.uri(), |_| {});
-    let mut request = ChatRequest::new(vec![Message::user("Weather?")]).tools(vec![tool()]);
+    let mut request = ChatRequest::new(vec![Message::user("Weather?")]).tools(vec![weather_tool()]);
     let first = provider.chat(&request).await.unwrap();
     request.messages.push(first.to_message());
     request
@@ -136,7 +130,7 @@ async fn a_stream_agrees_with_the_plain_answer_and_needs_a_finish_reason() {
         .mount(&server)
         .await;
     let provider = provider("gemini", &server.uri(), |_| {});
-    let request = ChatRequest::new(vec![Message::user("Weather?")]).tools(vec![tool()]);
+    let request = ChatRequest::new(vec![Message::user("Weather?")]).tools(vec![weather_tool()]);
     let plain = provider.chat(&request).await.unwrap();
     let streamed = provider
         .chat_stream(&request)
@@ -152,13 +146,11 @@ async fn a_stream_agrees_with_the_plain_answer_and_needs_a_finish_reason() {
         .respond_with(sse_response(data_events(&chunks[..2], false)))
         .mount(&server)
         .await;
-    let error = crate::support::provider("gemini", &server.uri(), |_| {})
-        .chat_stream(&request)
-        .await
-        .unwrap()
-        .collect_response("test")
-        .await
-        .unwrap_err();
+    let error = stream_error(
+        &*crate::support::provider("gemini", &server.uri(), |_| {}),
+        &request,
+    )
+    .await;
     assert_eq!(error.kind(), ErrorKind::TruncatedStream);
 }
 

@@ -1,17 +1,9 @@
-use deputy_providers::{ChatRequest, ErrorKind, FinishReason, Message, ToolSpec, Usage};
+use deputy_providers::{ChatRequest, ErrorKind, FinishReason, Message, Usage};
 use serde_json::json;
 use wiremock::matchers::{body_partial_json, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::support::{provider, request_body};
-
-fn tool() -> ToolSpec {
-    ToolSpec {
-        name: "get_weather".into(),
-        description: "Weather for a city".into(),
-        parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}}),
-    }
-}
+use crate::support::{provider, request_body, stream_error, weather_tool};
 
 fn ndjson(lines: &[serde_json::Value]) -> String {
     lines.iter().map(|line| format!("{line}\n")).collect()
@@ -57,7 +49,7 @@ async fn tool_calls_without_ids_get_stable_ones_streamed_or_not() {
         .await;
     let provider = provider("ollama", &server.uri(), |_| {});
     let request = ChatRequest::new(vec![Message::user("Weather?")])
-        .tools(vec![tool()])
+        .tools(vec![weather_tool()])
         .max_output_tokens(30);
     let plain = provider.chat(&request).await.unwrap();
     assert_eq!(plain.finish, FinishReason::ToolCalls);
@@ -131,13 +123,11 @@ async fn a_stream_without_its_done_line_is_truncated_and_error_lines_are_errors(
         )
         .mount(&server)
         .await;
-    let error = provider("ollama", &server.uri(), |_| {})
-        .chat_stream(&ChatRequest::new(vec![Message::user("hi")]))
-        .await
-        .unwrap()
-        .collect_response("test")
-        .await
-        .unwrap_err();
+    let error = stream_error(
+        &*provider("ollama", &server.uri(), |_| {}),
+        &ChatRequest::new(vec![Message::user("hi")]),
+    )
+    .await;
     assert_eq!(error.kind(), ErrorKind::TruncatedStream);
 
     let server = MockServer::start().await;

@@ -1,20 +1,14 @@
 use deputy_providers::{
-    ChatRequest, ErrorKind, FinishReason, Message, StreamEvent, ToolArguments, ToolSpec, Usage,
+    ChatRequest, ErrorKind, FinishReason, Message, StreamEvent, ToolArguments, Usage,
 };
 use futures::StreamExt as _;
 use serde_json::json;
 use wiremock::matchers::{body_partial_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::support::{KEY, data_events, provider, request_body, sse_response};
-
-fn weather_tool() -> ToolSpec {
-    ToolSpec {
-        name: "get_weather".into(),
-        description: "Weather for a city".into(),
-        parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}}),
-    }
-}
+use crate::support::{
+    KEY, data_events, provider, request_body, sse_response, stream_error, weather_tool,
+};
 
 fn tool_call_answer() -> serde_json::Value {
     json!({
@@ -233,13 +227,11 @@ async fn a_stream_without_a_finish_reason_or_done_is_truncated() {
             .mount(&server)
             .await;
         let provider = provider("openai", &server.uri(), |_| {});
-        let error = provider
-            .chat_stream(&ChatRequest::new(vec![Message::user("Weather?")]))
-            .await
-            .unwrap()
-            .collect_response("test")
-            .await
-            .unwrap_err();
+        let error = stream_error(
+            &*provider,
+            &ChatRequest::new(vec![Message::user("Weather?")]),
+        )
+        .await;
         assert_eq!(error.kind(), ErrorKind::TruncatedStream, "{error}");
         assert!(error.message().contains(why), "{error}");
     }
@@ -295,13 +287,7 @@ async fn an_error_inside_a_stream_is_reported_with_its_kind() {
         .mount(&server)
         .await;
     let provider = provider("openai", &server.uri(), |raw| raw.max_retries = Some(0));
-    let error = provider
-        .chat_stream(&ChatRequest::new(vec![Message::user("hi")]))
-        .await
-        .unwrap()
-        .collect_response("test")
-        .await
-        .unwrap_err();
+    let error = stream_error(&*provider, &ChatRequest::new(vec![Message::user("hi")])).await;
     assert_eq!(error.kind(), ErrorKind::RateLimited);
     assert_eq!(error.message(), "Rate limit reached");
 }

@@ -10,7 +10,8 @@ use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::support::{
-    KEY, chunked_head_and_chunk, data_events, provider, raw_server, sse_response, streaming_head,
+    KEY, chunked_head_and_chunk, data_events, provider, raw_server, sse_response, stream_error,
+    streaming_head,
 };
 
 fn ok_body() -> serde_json::Value {
@@ -411,13 +412,11 @@ async fn a_stream_silent_past_the_idle_timeout_fails() {
     )
     .await;
     let started = Instant::now();
-    let error = provider("openai", &base, |raw| raw.idle_timeout_ms = Some(300))
-        .chat_stream(&hi())
-        .await
-        .unwrap()
-        .collect_response("test")
-        .await
-        .unwrap_err();
+    let error = stream_error(
+        &*provider("openai", &base, |raw| raw.idle_timeout_ms = Some(300)),
+        &hi(),
+    )
+    .await;
     assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
     assert!(error.message().contains("idle timeout"), "{error}");
     // Well before the server's 60 s stall ends.

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deputy_providers::{Provider, ProviderConfig, RawProviderConfig};
+use deputy_providers::{
+    ChatRequest, Provider, ProviderConfig, ProviderError, RawProviderConfig, ToolSpec,
+};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
@@ -116,4 +118,24 @@ pub(crate) fn chunked_head_and_chunk(content_type: &str, data: &str) -> String {
         "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{data}\r\n",
         data.len()
     )
+}
+
+/// The tool every backend test offers.
+pub(crate) fn weather_tool() -> ToolSpec {
+    ToolSpec {
+        name: "get_weather".into(),
+        description: "Weather for a city".into(),
+        parameters: serde_json::json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+    }
+}
+
+/// Streams `request` and reads the whole stream, expecting it to fail.
+pub(crate) async fn stream_error(provider: &dyn Provider, request: &ChatRequest) -> ProviderError {
+    provider
+        .chat_stream(request)
+        .await
+        .unwrap()
+        .collect_response("test")
+        .await
+        .unwrap_err()
 }
