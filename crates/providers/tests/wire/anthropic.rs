@@ -7,8 +7,8 @@ use wiremock::matchers::{body_partial_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::support::{
-    KEY, provider, raw_server_parts, request_body, sse, sse_response, stream_error, streaming_head,
-    weather_tool,
+    KEY, first_then, provider, raw_server_parts, request_body, sse, sse_response, stream_error,
+    streaming_head, weather_tool,
 };
 
 fn tool_use_answer() -> serde_json::Value {
@@ -196,17 +196,12 @@ async fn an_error_event_after_200_is_retried_only_before_anything_was_passed_on(
             .to_string(),
     )]);
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(sse_response(overloaded.clone()))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(sse_response(sse(&tool_use_stream())))
-        .with_priority(2)
-        .mount(&server)
-        .await;
+    first_then(
+        &server,
+        sse_response(overloaded.clone()),
+        sse_response(sse(&tool_use_stream())),
+    )
+    .await;
     let answer = provider("anthropic", &server.uri(), |_| {})
         .chat_stream(&ChatRequest::new(vec![Message::user("hi")]))
         .await
@@ -265,19 +260,14 @@ async fn a_stream_without_message_stop_is_truncated() {
 #[tokio::test]
 async fn a_529_is_retried_and_error_types_map_to_kinds() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(529).set_body_json(json!({
+    first_then(
+        &server,
+        ResponseTemplate::new(529).set_body_json(json!({
             "type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}
-        })))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(tool_use_answer()))
-        .with_priority(2)
-        .mount(&server)
-        .await;
+        })),
+        ResponseTemplate::new(200).set_body_json(tool_use_answer()),
+    )
+    .await;
     let answer = provider("anthropic", &server.uri(), |_| {})
         .chat(&ChatRequest::new(vec![Message::user("hi")]))
         .await

@@ -6,7 +6,7 @@ use wiremock::matchers::{body_partial_json, header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::support::{
-    KEY, data_events, provider, request_body, sse_response, stream_error, weather_tool,
+    KEY, data_events, first_then, provider, request_body, sse_response, stream_error, weather_tool,
 };
 
 fn function_call_answer() -> serde_json::Value {
@@ -68,19 +68,9 @@ async fn a_function_call_is_reported_as_tool_calls_although_gemini_says_stop() {
 #[tokio::test]
 async fn the_next_turn_echoes_the_model_turn_with_its_signature() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(function_call_answer()))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+    first_then(&server, ResponseTemplate::new(200).set_body_json(function_call_answer()), ResponseTemplate::new(200).set_body_json(json!({
             "candidates": [{"content": {"role": "model", "parts": [{"text": "Sunny."}]}, "finishReason": "STOP"}]
-        })))
-        .with_priority(2)
-        .mount(&server)
-        .await;
+        }))).await;
     let provider = provider("gemini", &server.uri(), |_| {});
     let mut request = ChatRequest::new(vec![Message::user("Weather?")]).tools(vec![weather_tool()]);
     let first = provider.chat(&request).await.unwrap();
@@ -157,19 +147,9 @@ async fn a_stream_agrees_with_the_plain_answer_and_needs_a_finish_reason() {
 #[tokio::test]
 async fn the_retry_delay_in_the_error_body_is_honoured() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(429).set_body_json(json!({"error": {
+    first_then(&server, ResponseTemplate::new(429).set_body_json(json!({"error": {
             "code": 429, "message": "Resource has been exhausted", "status": "RESOURCE_EXHAUSTED",
-            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0.4s"}]}})))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(function_call_answer()))
-        .with_priority(2)
-        .mount(&server)
-        .await;
+            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0.4s"}]}})), ResponseTemplate::new(200).set_body_json(function_call_answer())).await;
     let started = Instant::now();
     let answer = provider("gemini", &server.uri(), |_| {})
         .chat(&ChatRequest::new(vec![Message::user("hi")]))

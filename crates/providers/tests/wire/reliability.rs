@@ -10,8 +10,8 @@ use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::support::{
-    KEY, chunked_head_and_chunk, data_events, provider, raw_server, sse_response, stream_error,
-    streaming_head,
+    KEY, chunked_head_and_chunk, data_events, first_then, provider, raw_server, sse_response,
+    stream_error, streaming_head,
 };
 
 fn ok_body() -> serde_json::Value {
@@ -23,19 +23,14 @@ fn hi() -> ChatRequest {
     ChatRequest::new(vec![Message::user("hi")])
 }
 
-/// Mounts `first` for the first `times` requests, then a good answer.
-async fn failing_then_ok(server: &MockServer, first: ResponseTemplate, times: u64) {
-    Mock::given(method("POST"))
-        .respond_with(first)
-        .up_to_n_times(times)
-        .with_priority(1)
-        .mount(server)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(ok_body()))
-        .with_priority(2)
-        .mount(server)
-        .await;
+/// Answers the first request with `first`, then with a good answer.
+async fn failing_then_ok(server: &MockServer, first: ResponseTemplate) {
+    first_then(
+        server,
+        first,
+        ResponseTemplate::new(200).set_body_json(ok_body()),
+    )
+    .await;
 }
 
 fn rate_limited() -> ResponseTemplate {
@@ -50,7 +45,6 @@ async fn a_429_with_retry_after_is_retried_after_the_asked_wait() {
     failing_then_ok(
         &server,
         rate_limited().insert_header("retry-after-ms", "300"),
-        1,
     )
     .await;
     let provider = provider("openai", &server.uri(), |_| {});
@@ -69,7 +63,7 @@ async fn a_429_with_retry_after_is_retried_after_the_asked_wait() {
 #[tokio::test]
 async fn retry_after_in_seconds_is_honoured() {
     let server = MockServer::start().await;
-    failing_then_ok(&server, rate_limited().insert_header("retry-after", "1"), 1).await;
+    failing_then_ok(&server, rate_limited().insert_header("retry-after", "1")).await;
     let provider = provider("openai", &server.uri(), |_| {});
     let started = Instant::now();
     provider.chat(&hi()).await.unwrap();
@@ -137,7 +131,6 @@ async fn x_should_retry_false_stops_retries_and_true_allows_them() {
     failing_then_ok(
         &server,
         ResponseTemplate::new(400).insert_header("x-should-retry", "true"),
-        1,
     )
     .await;
     let answer = provider("openai", &server.uri(), |_| {})
@@ -346,17 +339,12 @@ async fn a_stream_that_fails_before_any_event_is_started_over() {
         &[json!({"error": {"message": "overloaded", "type": "overloaded_error"}})],
         false,
     );
-    Mock::given(method("POST"))
-        .respond_with(sse_response(overloaded))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(sse_response(good_stream()))
-        .with_priority(2)
-        .mount(&server)
-        .await;
+    first_then(
+        &server,
+        sse_response(overloaded),
+        sse_response(good_stream()),
+    )
+    .await;
     let answer = provider("openai", &server.uri(), |_| {})
         .chat_stream(&hi())
         .await

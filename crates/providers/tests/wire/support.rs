@@ -139,3 +139,24 @@ pub(crate) async fn stream_error(provider: &dyn Provider, request: &ChatRequest)
         .await
         .unwrap_err()
 }
+
+/// Answers the first request with `first` and every later one with `then`.
+pub(crate) async fn first_then(
+    server: &wiremock::MockServer,
+    first: ResponseTemplate,
+    then: ResponseTemplate,
+) {
+    use wiremock::Mock;
+    use wiremock::matchers::method;
+    Mock::given(method("POST"))
+        .respond_with(first)
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(then)
+        .with_priority(2)
+        .mount(server)
+        .await;
+}
