@@ -23,6 +23,12 @@ pub const SPAWN_AGENT_TOOL: &str = "spawn_agent";
 /// The tool that collects a sub-agent's result.
 pub const GET_TASK_RESULT_TOOL: &str = "get_task_result";
 
+/// The first words of the message in which the agent runtime hands
+/// finished background results to a model, one `<task id=".." agent=".."
+/// status="..">` block each. The demo behaviour reads such messages as
+/// results, not as a new prompt.
+pub const TASK_RESULTS_HEADER: &str = "[background task results]";
+
 /// Every scripted reply starts with this, so nobody mistakes it for a
 /// model's answer.
 pub const OFFLINE_MARK: &str = "[offline: scripted provider, no model was called]";
@@ -352,11 +358,16 @@ fn estimate_usage(request: &ChatRequest, text: &str, calls: &[ToolCall]) -> Usag
 /// result, then a synthesis of them. Without it, a short deterministic
 /// note about the task.
 fn demo_reply(request: &ChatRequest) -> (String, Vec<ToolCall>) {
-    let prompt = request
-        .last_user_text()
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
+    let is_prompt = |message: &Message| {
+        matches!(message, Message::User { content } if !content.starts_with(TASK_RESULTS_HEADER))
+    };
+    let prompt_at = request.messages.iter().rposition(is_prompt);
+    let prompt = prompt_at
+        .and_then(|at| match &request.messages[at] {
+            Message::User { content } => Some(content.trim().to_owned()),
+            _ => None,
+        })
+        .unwrap_or_default();
     let orchestrates = request
         .tools
         .iter()
@@ -365,14 +376,11 @@ fn demo_reply(request: &ChatRequest) -> (String, Vec<ToolCall>) {
         return (note_on(&prompt), Vec::new());
     }
 
-    // What happened since the prompt: the calls made and their results.
-    let since_prompt = request
-        .messages
-        .iter()
-        .rposition(|message| matches!(message, Message::User { .. }))
-        .map_or(&request.messages[..], |at| &request.messages[at + 1..]);
+    // What happened since the prompt: the calls made, their results, and
+    // results the runtime handed over unasked.
+    let since_prompt = prompt_at.map_or(&request.messages[..], |at| &request.messages[at + 1..]);
     let mut spawned = Vec::new();
-    let mut collected = Vec::new();
+    let mut collected: Vec<(Option<String>, String, bool)> = Vec::new();
     let mut asked_for_results = false;
     let mut call_names = std::collections::HashMap::new();
     for message in since_prompt {
@@ -394,10 +402,19 @@ fn demo_reply(request: &ChatRequest) -> (String, Vec<ToolCall>) {
                         spawned.push(task_id);
                     }
                 }
-                Some(GET_TASK_RESULT_TOOL) => collected.push((content.clone(), *is_error)),
+                Some(GET_TASK_RESULT_TOOL) => {
+                    let body = ["result", "output", "error"]
+                        .iter()
+                        .find_map(|field| json_field(content, field))
+                        .unwrap_or_else(|| content.clone());
+                    let failed = *is_error
+                        || json_field(content, "status").is_some_and(|status| status != "completed");
+                    collected.push((json_field(content, "task_id"), body, failed));
+                }
                 _ => {}
             },
-            _ => {}
+            Message::User { content } => collected.extend(handed_over(content)),
+            Message::System { .. } => {}
         }
     }
 
@@ -424,8 +441,16 @@ fn demo_reply(request: &ChatRequest) -> (String, Vec<ToolCall>) {
         );
         return (text, calls);
     }
-    if !asked_for_results && !spawned.is_empty() {
-        let calls = spawned
+    let missing: Vec<&String> = spawned
+        .iter()
+        .filter(|task_id| {
+            !collected
+                .iter()
+                .any(|(id, _, _)| id.as_deref() == Some(task_id.as_str()))
+        })
+        .collect();
+    if !asked_for_results && !missing.is_empty() {
+        let calls = missing
             .iter()
             .enumerate()
             .map(|(index, task_id)| {
@@ -441,7 +466,35 @@ fn demo_reply(request: &ChatRequest) -> (String, Vec<ToolCall>) {
             calls,
         );
     }
-    (synthesis(&prompt, &collected), Vec::new())
+    let results: Vec<(String, bool)> = collected
+        .into_iter()
+        .map(|(_, body, failed)| (body, failed))
+        .collect();
+    (synthesis(&prompt, &results), Vec::new())
+}
+
+/// The results in a message of handed-over background results: task id,
+/// body, and whether the task did not complete.
+fn handed_over(content: &str) -> Vec<(Option<String>, String, bool)> {
+    if !content.starts_with(TASK_RESULTS_HEADER) {
+        return Vec::new();
+    }
+    static BLOCK: std::sync::LazyLock<Option<Regex>> = std::sync::LazyLock::new(|| {
+        Regex::new(r#"(?s)<task id="([^"]*)"[^>]*? status="([^"]*)"[^>]*>\n(.*?)\n</task>"#).ok()
+    });
+    let Some(block) = BLOCK.as_ref() else {
+        return Vec::new();
+    };
+    block
+        .captures_iter(content)
+        .map(|found| {
+            (
+                Some(found[1].to_owned()),
+                found[3].to_owned(),
+                &found[2] != "completed",
+            )
+        })
+        .collect()
 }
 
 fn note_on(task: &str) -> String {
@@ -475,11 +528,7 @@ fn synthesis(prompt: &str, collected: &[(String, bool)]) -> String {
         collected.len(),
         if collected.len() == 1 { "" } else { "s" }
     ));
-    for (index, (content, is_error)) in collected.iter().enumerate() {
-        let body = ["result", "output", "error"]
-            .iter()
-            .find_map(|field| json_field(content, field))
-            .unwrap_or_else(|| content.clone());
+    for (index, (body, is_error)) in collected.iter().enumerate() {
         let label = if *is_error { " (failed)" } else { "" };
         text.push_str(&format!("\n{}.{label} {}", index + 1, body.trim()));
     }

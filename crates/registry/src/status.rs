@@ -90,6 +90,8 @@ pub enum FailureKind {
     Panicked,
     /// Its provider returned an error.
     Provider,
+    /// It spent its token budget.
+    Budget,
     /// Anything else.
     Other,
 }
@@ -103,13 +105,15 @@ impl FailureKind {
             Self::DeniedByHook => "denied_by_hook",
             Self::Panicked => "panicked",
             Self::Provider => "provider",
+            Self::Budget => "budget",
             Self::Other => "other",
         }
     }
 
     /// Whether a failure of this kind says something about the agent itself,
     /// so the load balancer should steer away from it. Waiting too long in
-    /// the queue or being denied by a hook is not the agent's fault.
+    /// the queue, being denied by a hook or spending a configured budget is
+    /// not the agent's fault.
     pub fn counts_against_agent(self) -> bool {
         matches!(
             self,
