@@ -67,7 +67,11 @@ impl fmt::Debug for Agent {
             .field("max_turns", &self.max_turns)
             .field(
                 "tools",
-                &self.tools.iter().map(|tool| tool.name()).collect::<Vec<_>>(),
+                &self
+                    .tools
+                    .iter()
+                    .map(|tool| tool.name())
+                    .collect::<Vec<_>>(),
             )
             .field("subagents", &self.subagents)
             .finish_non_exhaustive()

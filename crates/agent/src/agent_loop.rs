@@ -4,11 +4,11 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use deputy_providers::{
-    ChatRequest, ChatResponse, Message, ProviderError, StreamEvent, ToolArguments,
-    ToolCall, ToolSpec,
+    ChatRequest, ChatResponse, Message, ProviderError, StreamEvent, ToolArguments, ToolCall,
+    ToolSpec,
 };
 use deputy_registry::{
-    FailureKind, Spawned, SpawnError, TaskContext, TaskFailure, TaskFilter, TaskId, TaskSnapshot,
+    FailureKind, SpawnError, Spawned, TaskContext, TaskFailure, TaskFilter, TaskId, TaskSnapshot,
 };
 use futures::{FutureExt as _, StreamExt as _};
 
@@ -287,7 +287,11 @@ impl AgentRun {
         Message::tool_result(call, content, is_error)
     }
 
-    async fn dispatch(&self, call: &ToolCall, arguments: &serde_json::Value) -> Result<String, String> {
+    async fn dispatch(
+        &self,
+        call: &ToolCall,
+        arguments: &serde_json::Value,
+    ) -> Result<String, String> {
         if self.may_spawn() && task_tools::is_task_tool(&call.name) {
             return task_tools::execute(self, &call.name, arguments)
                 .await
@@ -326,7 +330,11 @@ impl AgentRun {
     }
 
     fn tool_names(&self) -> String {
-        let names: Vec<String> = self.tool_specs().into_iter().map(|spec| spec.name).collect();
+        let names: Vec<String> = self
+            .tool_specs()
+            .into_iter()
+            .map(|spec| spec.name)
+            .collect();
         if names.is_empty() {
             "none (answer in text)".to_owned()
         } else {

@@ -88,6 +88,8 @@ pub struct RunHandle {
     registry: Registry,
     events: mpsc::UnboundedReceiver<RunEvent>,
     output: oneshot::Receiver<Result<RunOutput, RunError>>,
+    /// Whether the last event (`Done` or `Failed`) was read.
+    ended: bool,
 }
 
 impl std::fmt::Debug for RunHandle {
@@ -121,15 +123,7 @@ impl RunHandle {
         let work_shared = shared.clone();
         let work_agent = agent.clone();
         let spawned = registry.spawn_root(spec, move |task| {
-            AgentRun::new(
-                runtime,
-                work_agent,
-                task,
-                work_shared,
-                max_turns,
-                on_finish,
-            )
-            .run(prompt)
+            AgentRun::new(runtime, work_agent, task, work_shared, max_turns, on_finish).run(prompt)
         })?;
         let (output_sender, output) = oneshot::channel();
         tokio::spawn(drive(Driver {
@@ -146,6 +140,7 @@ impl RunHandle {
             registry,
             events,
             output,
+            ended: false,
         })
     }
 
@@ -187,8 +182,17 @@ impl RunHandle {
 impl Stream for RunHandle {
     type Item = RunEvent;
 
+    /// Ends after `Done` or `Failed`, even while detached sub-agents of the
+    /// run still hold the sending side.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RunEvent>> {
-        self.events.poll_recv(cx)
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let polled = self.events.poll_recv(cx);
+        if let Poll::Ready(Some(RunEvent::Done { .. } | RunEvent::Failed { .. })) = &polled {
+            self.ended = true;
+        }
+        polled
     }
 }
 

@@ -204,7 +204,10 @@ async fn spawn_agent(caller: &AgentRun, args: SpawnArgs) -> Result<Value, ToolEr
     };
     let task = match args.context.as_deref().map(str::trim) {
         Some(context) if !context.is_empty() => {
-            format!("{}\n\nContext from the calling agent:\n{context}", args.task)
+            format!(
+                "{}\n\nContext from the calling agent:\n{context}",
+                args.task
+            )
         }
         _ => args.task,
     };
@@ -278,9 +281,9 @@ fn refusal(kind: &str, error: &SpawnError) -> ToolError {
         SpawnError::Disabled => format!(
             "Cannot start {kind}: sub-agents are disabled in this deputy's configuration. Do the work yourself."
         ),
-        SpawnError::ShuttingDown => format!(
-            "Cannot start {kind}: deputy is shutting down. Finish with what you have."
-        ),
+        SpawnError::ShuttingDown => {
+            format!("Cannot start {kind}: deputy is shutting down. Finish with what you have.")
+        }
         other => format!("Cannot start {kind}: {other}."),
     };
     ToolError::new(message)
@@ -469,7 +472,11 @@ struct ListArgs {
 
 fn list_tasks(caller: &AgentRun, args: ListArgs) -> Result<Value, ToolError> {
     let mut filter = TaskFilter::all().parent(caller.task.id());
-    if let Some(status) = args.status.as_deref().filter(|status| !status.trim().is_empty()) {
+    if let Some(status) = args
+        .status
+        .as_deref()
+        .filter(|status| !status.trim().is_empty())
+    {
         let status: TaskStatus = status
             .parse()
             .map_err(|error| ToolError::invalid_arguments(format!("list_tasks: {error}")))?;

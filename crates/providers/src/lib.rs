@@ -51,8 +51,7 @@ pub use provider::{Provider, ProviderKind, UnknownProviderKind};
 pub use retry::RetryPolicy;
 pub use scripted::{
     GET_TASK_RESULT_TOOL, OFFLINE_MARK, SPAWN_AGENT_TOOL, Script, ScriptToolCall, ScriptTurn,
-    TASK_RESULTS_HEADER,
-    ScriptUsage, ScriptedProvider, topics,
+    ScriptUsage, ScriptedProvider, TASK_RESULTS_HEADER, topics,
 };
 pub use secret::ApiKey;
 pub use stream::{ChatStream, StreamEvent};

@@ -358,9 +358,7 @@ fn estimate_usage(request: &ChatRequest, text: &str, calls: &[ToolCall]) -> Usag
 /// result, then a synthesis of them. Without it, a short deterministic
 /// note about the task.
 fn demo_reply(request: &ChatRequest) -> (String, Vec<ToolCall>) {
-    let is_prompt = |message: &Message| {
-        matches!(message, Message::User { content } if !content.starts_with(TASK_RESULTS_HEADER))
-    };
+    let is_prompt = |message: &Message| matches!(message, Message::User { content } if !content.starts_with(TASK_RESULTS_HEADER));
     let prompt_at = request.messages.iter().rposition(is_prompt);
     let prompt = prompt_at
         .and_then(|at| match &request.messages[at] {
@@ -408,7 +406,8 @@ fn demo_reply(request: &ChatRequest) -> (String, Vec<ToolCall>) {
                         .find_map(|field| json_field(content, field))
                         .unwrap_or_else(|| content.clone());
                     let failed = *is_error
-                        || json_field(content, "status").is_some_and(|status| status != "completed");
+                        || json_field(content, "status")
+                            .is_some_and(|status| status != "completed");
                     collected.push((json_field(content, "task_id"), body, failed));
                 }
                 _ => {}

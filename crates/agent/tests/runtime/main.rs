@@ -1,0 +1,15 @@
+//! The agent runtime end to end, on test providers: no network.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly on unexpected states"
+)]
+
+mod common;
+
+mod delivery;
+mod limits;
+mod loop_behaviour;
+mod orchestration;
+mod task_tools;
