@@ -72,3 +72,8 @@ pub use runtime::{
 };
 pub use task_tools::{GET_TASK_RESULT, LIST_TASKS, SPAWN_AGENT, STOP_TASK};
 pub use tool::{Tool, ToolContext, ToolError};
+
+/// README.md's Rust code, compiled as doctests so it stays true.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,19 +1,22 @@
 //! `deputy`: run LLM sub-agents in the background.
 //!
-//! Today the binary has one command, `deputy demo`, which drives the
-//! registry the way an orchestrator will: it launches background tasks under
-//! a small cap and prints every admission, queue wait and result as it
-//! happens. `run`, `chat`, `serve` and live config reload arrive with the CLI
-//! issue.
+//! Today the binary has two offline commands: `deputy run "<prompt>"` runs an
+//! orchestrator with background researchers on the built-in `scripted`
+//! provider and shows the run as it happens, and `deputy demo` drives the
+//! registry alone under a small cap. Config files, `chat`, `serve` and live
+//! reload arrive with the CLI issue.
 
 use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use deputy_agent::{Agent, RunEvent, Runtime};
+use deputy_providers::ScriptedProvider;
 use deputy_registry::{
     Registry, RegistryEvent, SettingsHandle, SubagentSettings, TaskSpec, TaskStatus,
 };
+use futures::StreamExt as _;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +31,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run an orchestrator that delegates to background researchers, on the
+    /// offline `scripted` provider, and show every step.
+    Run {
+        /// What to ask the orchestrator ("Compare Go and Rust" gives one
+        /// researcher per topic).
+        prompt: String,
+        /// How many sub-agents may run at once.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+        cap: u16,
+        /// Simulated model latency of each researcher call, in milliseconds.
+        #[arg(long, default_value_t = 300)]
+        latency_ms: u64,
+    },
     /// Launch simulated background tasks through the registry and show the
     /// cap, the queue and exactly-once delivery at work (offline).
     Demo {
@@ -69,6 +85,11 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run {
+            prompt,
+            cap,
+            latency_ms,
+        } => offline_run(&prompt, usize::from(cap), Duration::from_millis(latency_ms)).await,
         Command::Demo {
             tasks,
             cap,
@@ -181,4 +202,103 @@ async fn demo(tasks: u16, cap: usize, work: Duration) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+async fn offline_run(prompt: &str, cap: usize, latency: Duration) -> anyhow::Result<()> {
+    let settings = SubagentSettings::default()
+        .with_max_concurrent(cap)
+        .context("invalid --cap")?;
+    let lead = std::sync::Arc::new(ScriptedProvider::demo("scripted"));
+    let research = std::sync::Arc::new(ScriptedProvider::demo("scripted").with_latency(latency));
+    let runtime = Runtime::builder()
+        .settings(SettingsHandle::new(settings))
+        .agent(
+            Agent::builder("orchestrator", lead)
+                .system_prompt("Delegate research to background researchers, collect their results, then synthesize.")
+                .subagents(["researcher"])
+                .build()?,
+        )
+        .agent(
+            Agent::builder("researcher", research)
+                .description("Writes a short briefing on one topic.")
+                .build()?,
+        )
+        .build()?;
+
+    let mut out = std::io::stdout();
+    writeln!(
+        out,
+        "deputy run (offline: scripted provider, max_concurrent = {cap}): {prompt}"
+    )?;
+    let mut run = runtime.start("orchestrator", prompt)?;
+    let run_id = run.run_id();
+    let mut at_line_start = true;
+    while let Some(event) = run.next().await {
+        let line = match event {
+            RunEvent::TextDelta { task_id, text, .. } if task_id == run_id => {
+                write!(out, "{text}")?;
+                at_line_start = text.ends_with('\n');
+                continue;
+            }
+            RunEvent::ToolCallStarted {
+                task_id,
+                name,
+                arguments,
+                ..
+            } if task_id == run_id => format!("  -> {name} {arguments}"),
+            RunEvent::ToolResult {
+                task_id,
+                name,
+                content,
+                is_error,
+                ..
+            } if task_id == run_id => {
+                let mark = if is_error { "error" } else { "ok" };
+                format!("  <- {name} ({mark}): {}", one_line(&content, 160))
+            }
+            RunEvent::TaskQueued { task_id, agent, .. } => {
+                format!("  queued   {} {agent}", task_id.short())
+            }
+            RunEvent::TaskStarted { task_id, agent, .. } => {
+                format!("  started  {} {agent}", task_id.short())
+            }
+            RunEvent::TaskFinished {
+                task_id,
+                agent,
+                status,
+                ..
+            } => format!("  finished {} {agent} {status}", task_id.short()),
+            RunEvent::Error { message, .. } => format!("  error: {message}"),
+            RunEvent::Done { report, .. } => format!(
+                "done: {} sub-agent tasks, {} completed; {} provider calls, {} input and {} output tokens; {} ms",
+                report.tasks.len(),
+                report.count(TaskStatus::Completed),
+                report.usage.requests,
+                report.usage.input_tokens,
+                report.usage.output_tokens,
+                report.duration.as_millis()
+            ),
+            RunEvent::Failed { message, .. } => format!("failed: {message}"),
+            _ => continue,
+        };
+        if !at_line_start {
+            writeln!(out)?;
+            at_line_start = true;
+        }
+        writeln!(out, "{line}")?;
+    }
+    let result = run.finish().await;
+    runtime.shutdown(Duration::from_secs(1)).await;
+    result?;
+    Ok(())
+}
+
+/// `text` on one line, cut to `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        return flat;
+    }
+    let cut: String = flat.chars().take(max).collect();
+    format!("{cut}...")
 }

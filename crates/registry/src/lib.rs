@@ -79,8 +79,3 @@ pub use spec::{TaskLabels, TaskSpec};
 pub use status::{FailureKind, ParseStatusError, TaskFailure, TaskStatus};
 pub use task::TaskContext;
 pub use usage::Usage;
-
-/// README.md's Rust code, compiled as a doctest so it stays true.
-#[doc = include_str!("../../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;
