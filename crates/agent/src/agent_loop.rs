@@ -293,9 +293,10 @@ impl AgentRun {
         arguments: &serde_json::Value,
     ) -> Result<String, String> {
         if self.may_spawn() && task_tools::is_task_tool(&call.name) {
-            return task_tools::execute(self, &call.name, arguments)
-                .await
-                .map_err(|error| error.message().to_owned());
+            let answer = task_tools::execute(self, &call.name, arguments).await;
+            // A task this call saw finish shows as finished before the result.
+            self.run.sync_task_events().await;
+            return answer.map_err(|error| error.message().to_owned());
         }
         let Some(tool) = self
             .agent

@@ -25,6 +25,8 @@ use crate::runtime::{RuntimeInner, spec_for};
 /// the list of its tasks.
 pub(crate) struct RunShared {
     events: mpsc::UnboundedSender<RunEvent>,
+    /// Asks the driver to forward every registry event sent so far.
+    flush: mpsc::UnboundedSender<oneshot::Sender<()>>,
     usage: Mutex<Usage>,
     tasks: Mutex<RunTasks>,
     root_turns: AtomicU32,
@@ -46,6 +48,20 @@ impl RunShared {
     /// streaming then).
     pub(crate) fn has_reader(&self) -> bool {
         !self.events.is_closed()
+    }
+
+    /// Waits until the driver has forwarded every registry event sent so
+    /// far, so a tool result that reports a finished task comes after that
+    /// task's `TaskFinished`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future only skips the wait.
+    pub(crate) async fn sync_task_events(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.flush.send(done).is_ok() {
+            // An error means the driver ended, which forwarded everything.
+            let _flushed = flushed.await;
+        }
     }
 
     /// Adds one provider call's usage and returns the run's total.
@@ -107,8 +123,10 @@ impl RunHandle {
         prompt: String,
     ) -> Result<Self, RunError> {
         let (sender, events) = mpsc::unbounded_channel();
+        let (flush, flush_requests) = mpsc::unbounded_channel();
         let shared = Arc::new(RunShared {
             events: sender,
+            flush,
             usage: Mutex::new(Usage::default()),
             tasks: Mutex::new(RunTasks::default()),
             root_turns: AtomicU32::new(0),
@@ -132,6 +150,7 @@ impl RunHandle {
             agent: agent.name.clone(),
             shared,
             registry_events,
+            flush_requests,
             started,
             output: output_sender,
         }));
@@ -210,6 +229,7 @@ struct Driver {
     agent: Arc<str>,
     shared: Arc<RunShared>,
     registry_events: broadcast::Receiver<RegistryEvent>,
+    flush_requests: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     started: Instant,
     output: oneshot::Sender<Result<RunOutput, RunError>>,
 }
@@ -229,16 +249,14 @@ async fn drive(mut driver: Driver) {
                 Err(broadcast::error::RecvError::Lagged(missed)) => driver.lagged(missed),
                 Err(broadcast::error::RecvError::Closed) => {}
             },
+            Some(flushed) = driver.flush_requests.recv() => {
+                driver.forward_buffered();
+                let _asker_gone = flushed.send(());
+            }
         }
     };
     // Events the registry sent before the root settled are still buffered.
-    loop {
-        match driver.registry_events.try_recv() {
-            Ok(event) => driver.forward(event),
-            Err(broadcast::error::TryRecvError::Lagged(missed)) => driver.lagged(missed),
-            Err(_) => break,
-        }
-    }
+    driver.forward_buffered();
     let result = match outcome {
         Ok(outcome) => driver.conclude(&outcome.task),
         Err(unknown) => Err(RunError::Failed {
@@ -261,6 +279,17 @@ async fn drive(mut driver: Driver) {
 }
 
 impl Driver {
+    /// Forwards every event the registry has sent so far.
+    fn forward_buffered(&mut self) {
+        loop {
+            match self.registry_events.try_recv() {
+                Ok(event) => self.forward(event),
+                Err(broadcast::error::TryRecvError::Lagged(missed)) => self.lagged(missed),
+                Err(_) => break,
+            }
+        }
+    }
+
     fn forward(&self, event: RegistryEvent) {
         let in_run = |parent: Option<TaskId>| {
             parent.is_some_and(|parent| parent == self.run_id || self.shared.has_task(parent))
