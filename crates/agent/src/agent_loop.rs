@@ -195,13 +195,8 @@ impl AgentRun {
             }
         };
         self.task.record_usage(response.usage);
-        let run_total = self.run.add_usage(response.usage);
-        self.run.emit(RunEvent::Usage {
-            task_id: self.task.id(),
-            agent: self.agent.name.clone(),
-            usage: response.usage,
-            run_total,
-        });
+        self.run
+            .add_usage(self.task.id(), &self.agent.name, response.usage);
         Ok(response)
     }
 

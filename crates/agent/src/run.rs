@@ -64,11 +64,18 @@ impl RunShared {
         }
     }
 
-    /// Adds one provider call's usage and returns the run's total.
-    pub(crate) fn add_usage(&self, usage: Usage) -> Usage {
+    /// Adds one provider call's usage to the run's total and reports both.
+    /// The event is sent under the lock, so `run_total` never goes
+    /// backwards in the stream when sub-agents run on several threads.
+    pub(crate) fn add_usage(&self, task_id: TaskId, agent: &Arc<str>, usage: Usage) {
         let mut total = self.usage.lock();
         *total += usage;
-        *total
+        self.emit(RunEvent::Usage {
+            task_id,
+            agent: agent.clone(),
+            usage,
+            run_total: *total,
+        });
     }
 
     pub(crate) fn count_root_turn(&self) {

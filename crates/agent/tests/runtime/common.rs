@@ -291,3 +291,43 @@ pub(crate) fn spawned_ids(request: &ChatRequest) -> Vec<String> {
 pub(crate) fn count(events: &[RunEvent], wanted: impl Fn(&RunEvent) -> bool) -> usize {
     events.iter().filter(|event| wanted(event)).count()
 }
+
+/// A user tool that waits `ms` milliseconds (of tokio time) and says so.
+#[derive(Debug)]
+pub(crate) struct SleepTool;
+
+#[async_trait]
+impl deputy_agent::Tool for SleepTool {
+    fn name(&self) -> &str {
+        "sleep"
+    }
+
+    fn description(&self) -> &str {
+        "Waits `ms` milliseconds."
+    }
+
+    fn parameters(&self) -> Value {
+        serde_json::json!({
+            "type": "object",
+            "properties": {"ms": {"type": "integer", "minimum": 0}},
+            "required": ["ms"]
+        })
+    }
+
+    async fn execute(
+        &self,
+        arguments: Value,
+        _context: &deputy_agent::ToolContext,
+    ) -> Result<String, deputy_agent::ToolError> {
+        let ms = arguments["ms"]
+            .as_u64()
+            .ok_or_else(|| deputy_agent::ToolError::invalid_arguments("`ms` must be a number"))?;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(format!("slept {ms} ms"))
+    }
+}
+
+/// The `sleep` tool, ready to add to an agent.
+pub(crate) fn sleep_tool() -> Arc<dyn deputy_agent::Tool> {
+    Arc::new(SleepTool)
+}
