@@ -758,12 +758,30 @@ impl State {
             let tasks = &self.tasks;
             inbox.finished.retain(|id| is_undelivered(tasks, *id));
         }
+        // A parent that failed or was cancelled reads no more results: this
+        // one is settled as delivered, with nobody left to receive it.
+        if let Some(parent) = cell.parent
+            && self.tasks.get(&parent).is_some_and(|parent| {
+                matches!(parent.status, TaskStatus::Failed | TaskStatus::Cancelled)
+            })
+        {
+            self.deliver(id, now);
+        }
 
         if status != TaskStatus::Completed {
             // Nobody is left to await or collect its descendants' work: stop
             // them. A completed task's background children keep running (the
             // agent's on_finish policy has already decided their fate).
             cell.token.cancel();
+            // Results its children left unread have nobody to go to now.
+            let unread = self
+                .inboxes
+                .get(&Some(id))
+                .map(|inbox| inbox.finished.clone())
+                .unwrap_or_default();
+            for child in unread {
+                self.deliver(child, now);
+            }
         }
         if !cell.root {
             self.emit(RegistryEvent::Finished {

@@ -244,7 +244,11 @@ async fn stopping_a_child_cancels_its_own_background_grandchild_and_its_calls() 
             TaskStatus::Cancelled
         );
     }
-    assert_eq!(runtime.registry().stats().slots_in_use, 0);
+    let stats = runtime.registry().stats();
+    assert_eq!(stats.slots_in_use, 0);
+    // The grandchild's end has nobody to go to (its parent was stopped), so
+    // it is not left waiting as an unread result.
+    assert_eq!(stats.undelivered, 0);
 
     // The grandchild's call had started before the stop; none comes after,
     // and the one under way is never answered.

@@ -108,3 +108,45 @@ async fn exactly_once_under_random_interleavings() {
         assert_eq!(registry.stats().undelivered, 0);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn results_of_a_cancelled_parent_have_nobody_to_wait_for_them() {
+    let (registry, _) = registry(|_| {});
+    let gates = Gates::default();
+    let root = idle_root(&registry);
+    let parent = gates
+        .spawn(&registry, bg("lead", "parent").parent(root))
+        .unwrap();
+    let finished_child = gates
+        .spawn(&registry, bg("w", "done early").parent(parent.id))
+        .unwrap();
+    let running_child = gates
+        .spawn(&registry, bg("w", "still going").parent(parent.id))
+        .unwrap();
+    gates.complete(finished_child.id);
+    settle().await;
+    assert_eq!(registry.stats().undelivered, 1);
+
+    registry.cancel(parent.id).unwrap();
+    settle().await;
+
+    // The early result and the cascaded cancel are settled as delivered:
+    // a cancelled parent will never read them. Only the parent's own end
+    // waits for the root.
+    for child in [finished_child.id, running_child.id] {
+        assert!(registry.get(child).unwrap().delivered, "{child}");
+    }
+    assert_eq!(
+        registry.get(running_child.id).unwrap().status,
+        TaskStatus::Cancelled
+    );
+    let stats = registry.stats();
+    assert_eq!(stats.undelivered, 1);
+    let taken: Vec<TaskId> = registry
+        .take_finished(Some(root))
+        .iter()
+        .map(|task| task.id)
+        .collect();
+    assert_eq!(taken, [parent.id]);
+    assert_eq!(registry.stats().undelivered, 0);
+}
