@@ -2,13 +2,15 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use deputy_providers::{
-    ChatRequest, ChatResponse, Message, ProviderError, StreamEvent, ToolArguments, ToolCall,
-    ToolSpec,
+    ChatRequest, ChatResponse, LAST_TURN_HEADER, Message, ProviderError, StreamEvent,
+    ToolArguments, ToolCall, ToolSpec,
 };
 use deputy_registry::{
-    FailureKind, SpawnError, Spawned, TaskContext, TaskFailure, TaskFilter, TaskId, TaskSnapshot,
+    CancelOutcome, FailureKind, SpawnError, Spawned, TaskContext, TaskFailure, TaskFilter, TaskId,
+    TaskSnapshot,
 };
 use futures::{FutureExt as _, StreamExt as _};
 
@@ -20,10 +22,6 @@ use crate::run::RunShared;
 use crate::runtime::{OnFinish, RuntimeInner, spec_for};
 use crate::task_tools;
 use crate::tool::{ToolContext, spec_of};
-
-/// How long a stop waits for a cancelled task to settle, so its end is
-/// reported at once rather than handed over later.
-pub(crate) const CANCEL_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One agent working on one task.
 pub(crate) struct AgentRun {
@@ -118,7 +116,7 @@ impl AgentRun {
             ));
         }
         messages.push(Message::user(format!(
-            "You have used all {} of your turns. Tools are no longer run: answer now, with what you have.",
+            "{LAST_TURN_HEADER} You have used all {} of your turns. Tools are no longer run: answer now, with what you have.",
             self.max_turns
         )));
         // The tool definitions stay in the request: some APIs (Anthropic)
@@ -141,7 +139,9 @@ impl AgentRun {
             .iter()
             .map(|tool| spec_of(&**tool))
             .collect();
-        if self.may_spawn() {
+        // An agent at the depth limit is not offered tools that could only
+        // refuse; a call it makes anyway still gets the clear refusal.
+        if self.may_spawn() && self.task.depth() < self.runtime.limits.max_depth {
             specs.extend(task_tools::specs(&self.runtime, &self.agent));
         }
         specs
@@ -394,13 +394,22 @@ impl AgentRun {
                         handed_over.push(outcome.task);
                     }
                 }
-                OnFinish::Cancel => {
-                    // Settled and consumed here: a child this agent stopped
-                    // is not news to hand over later.
-                    if registry.cancel(id).is_ok() {
-                        let _settled = registry.wait(id, Some(CANCEL_SETTLE)).await;
+                OnFinish::Cancel => match registry.cancel(id) {
+                    // Settled (at the task's next poll) and consumed here: a
+                    // child this agent stopped is not news to hand over.
+                    Ok(CancelOutcome::Cancelled { .. }) => {
+                        let _settled = registry.wait(id, None).await;
                     }
-                }
+                    // It finished first: its result is news.
+                    Ok(CancelOutcome::AlreadyFinished { .. }) => {
+                        if let Ok(outcome) = registry.wait(id, Some(Duration::ZERO)).await
+                            && outcome.newly_delivered
+                        {
+                            handed_over.push(outcome.task);
+                        }
+                    }
+                    Err(_unknown) => {}
+                },
                 OnFinish::Detach => {}
             }
         }

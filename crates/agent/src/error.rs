@@ -38,7 +38,7 @@ pub enum RunError {
     #[error("the prompt is empty; give the agent something to do")]
     EmptyPrompt,
     /// The registry refused to start the run.
-    #[error(transparent)]
+    #[error("cannot start the run: {}", spawn_detail(.0))]
     Spawn(#[from] SpawnError),
     /// The run's agent failed (its provider erred, it timed out, ...).
     #[error("the run failed: {failure}")]
@@ -64,4 +64,12 @@ impl RunError {
             _ => None,
         }
     }
+}
+
+/// The registry's refusal without its own "cannot start sub-agent" opening.
+fn spawn_detail(error: &SpawnError) -> String {
+    let message = error.to_string();
+    message
+        .strip_prefix("cannot start sub-agent: ")
+        .map_or_else(|| message.clone(), str::to_owned)
 }

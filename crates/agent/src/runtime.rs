@@ -324,6 +324,12 @@ impl RuntimeBuilder {
             }
         }
         for agent in &self.agents {
+            if agent.subagents == Subagents::AllOthers && self.agents.len() < 2 {
+                problems.push(format!(
+                    "agent `{}` may call every other agent (`*`), but there is no other agent; add one or remove `*`",
+                    agent.name
+                ));
+            }
             if let Subagents::Only(wanted) = &agent.subagents {
                 for name in wanted {
                     if !names.contains(&&**name) {

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::agent::Agent;
-use crate::agent_loop::{AgentRun, CANCEL_SETTLE};
+use crate::agent_loop::AgentRun;
 use crate::format::{millis, window};
 use crate::runtime::RuntimeInner;
 use crate::tool::ToolError;
@@ -235,11 +235,7 @@ async fn spawn_agent(caller: &AgentRun, args: SpawnArgs) -> Result<Value, ToolEr
         .map_err(|error| ToolError::new(error.to_string()))?;
     let task = outcome.task;
     match task.status {
-        TaskStatus::Completed => Ok(result_json(
-            &task,
-            0,
-            foreground_window(limits.max_tool_output_chars),
-        )),
+        TaskStatus::Completed => Ok(fitted_result_json(&task, 0, limits.max_tool_output_chars)),
         _ => Err(ToolError::new(format!(
             "Sub-agent `{}` (task {}) {}.",
             task.agent,
@@ -249,10 +245,21 @@ async fn spawn_agent(caller: &AgentRun, args: SpawnArgs) -> Result<Value, ToolEr
     }
 }
 
-/// Room for a foreground result inside the tool output cap, leaving space
-/// for the JSON around it.
-fn foreground_window(max_tool_output_chars: usize) -> usize {
-    max_tool_output_chars.saturating_sub(400).max(100)
+/// [`result_json`] with the largest window of the result whose serialized
+/// answer fits in `max_chars` (escapes such as `\n` make JSON longer than
+/// the text), so the answer is never cut and its offset note stays true.
+fn fitted_result_json(task: &TaskSnapshot, offset: usize, max_chars: usize) -> Value {
+    // Room for the fields and notes around the result.
+    const ENVELOPE: usize = 600;
+    let mut window_chars = max_chars.saturating_sub(ENVELOPE).max(1);
+    loop {
+        let answer = result_json(task, offset, window_chars);
+        let length = answer.to_string().chars().count();
+        if length <= max_chars || window_chars == 1 {
+            return answer;
+        }
+        window_chars = window_chars.saturating_sub(length - max_chars).max(1);
+    }
 }
 
 /// A refused spawn as a sentence a model can act on.
@@ -284,7 +291,13 @@ fn refusal(kind: &str, error: &SpawnError) -> ToolError {
         SpawnError::ShuttingDown => {
             format!("Cannot start {kind}: deputy is shutting down. Finish with what you have.")
         }
-        other => format!("Cannot start {kind}: {other}."),
+        other => {
+            let detail = other.to_string();
+            let detail = detail
+                .strip_prefix("cannot start sub-agent: ")
+                .unwrap_or(&detail);
+            format!("Cannot start {kind}: {detail}.")
+        }
     };
     ToolError::new(message)
 }
@@ -319,8 +332,11 @@ async fn get_task_result(caller: &AgentRun, args: GetArgs) -> Result<Value, Tool
         .await
         .map_err(|error| ToolError::new(error.to_string()))?;
     let task = outcome.task;
-    let window_chars = foreground_window(caller.runtime.limits.max_tool_output_chars);
-    let mut answer = result_json(&task, args.offset.unwrap_or(0), window_chars);
+    let mut answer = fitted_result_json(
+        &task,
+        args.offset.unwrap_or(0),
+        caller.runtime.limits.max_tool_output_chars,
+    );
     if !task.status.is_terminal() {
         answer["note"] = Value::String(if timeout.is_zero() {
             format!(
@@ -428,9 +444,10 @@ async fn stop_task(caller: &AgentRun, args: StopArgs) -> Result<Value, ToolError
         .map_err(|error| ToolError::new(error.to_string()))?;
     Ok(match outcome {
         CancelOutcome::Cancelled { was } => {
-            // The stop is its end notice: settle it and mark it delivered,
-            // so it is not handed over again as news.
-            let _settled = registry.wait(task.id, Some(CANCEL_SETTLE)).await;
+            // The stop is its end notice: wait for it to settle (at its
+            // next poll) and mark it delivered, so it is not handed over
+            // again as news.
+            let _settled = registry.wait(task.id, None).await;
             json!({
                 "task_id": task.id,
                 "agent": task.agent,
@@ -507,4 +524,40 @@ fn list_tasks(caller: &AgentRun, args: ListArgs) -> Result<Value, ToolError> {
         })
         .collect();
     Ok(json!({ "count": tasks.len(), "tasks": tasks }))
+}
+
+#[cfg(test)]
+mod tests {
+    use deputy_registry::{SpawnError, TaskId, TaskStatus};
+
+    use super::refusal;
+
+    #[test]
+    fn refusals_open_once_and_end_with_what_to_do() {
+        let parent = TaskId::new_random();
+        let message = refusal(
+            "sub-agent",
+            &SpawnError::ParentNotRunning {
+                parent,
+                status: TaskStatus::Cancelled,
+            },
+        )
+        .message()
+        .to_owned();
+        assert!(
+            message.starts_with("Cannot start sub-agent: parent task"),
+            "{message}"
+        );
+        assert_eq!(message.matches("annot start").count(), 1, "{message}");
+        assert!(message.contains("only a running task can start sub-agents"));
+
+        let at_cap = refusal(
+            "background agent",
+            &SpawnError::AtCapacity { max_concurrent: 2 },
+        );
+        assert_eq!(
+            at_cap.message(),
+            "Cannot start background agent: maximum concurrent background agents (2) reached and queue wait is disabled. Stop an existing agent or wait for one to finish."
+        );
+    }
 }

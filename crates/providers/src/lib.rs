@@ -50,8 +50,8 @@ pub use openai::MaxTokensField;
 pub use provider::{Provider, ProviderKind, UnknownProviderKind};
 pub use retry::RetryPolicy;
 pub use scripted::{
-    GET_TASK_RESULT_TOOL, OFFLINE_MARK, SPAWN_AGENT_TOOL, Script, ScriptToolCall, ScriptTurn,
-    ScriptUsage, ScriptedProvider, TASK_RESULTS_HEADER, topics,
+    GET_TASK_RESULT_TOOL, LAST_TURN_HEADER, OFFLINE_MARK, SPAWN_AGENT_TOOL, Script, ScriptToolCall,
+    ScriptTurn, ScriptUsage, ScriptedProvider, TASK_RESULTS_HEADER, topics,
 };
 pub use secret::ApiKey;
 pub use stream::{ChatStream, StreamEvent};

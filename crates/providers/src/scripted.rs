@@ -29,6 +29,11 @@ pub const GET_TASK_RESULT_TOOL: &str = "get_task_result";
 /// results, not as a new prompt.
 pub const TASK_RESULTS_HEADER: &str = "[background task results]";
 
+/// The first words of the message in which the agent runtime tells a model
+/// that its turns are used up and it must answer now. The demo behaviour
+/// answers it with its synthesis.
+pub const LAST_TURN_HEADER: &str = "[last turn]";
+
 /// Every scripted reply starts with this, so nobody mistakes it for a
 /// model's answer.
 pub const OFFLINE_MARK: &str = "[offline: scripted provider, no model was called]";
@@ -358,7 +363,12 @@ fn estimate_usage(request: &ChatRequest, text: &str, calls: &[ToolCall]) -> Usag
 /// result, then a synthesis of them. Without it, a short deterministic
 /// note about the task.
 fn demo_reply(request: &ChatRequest) -> (String, Vec<ToolCall>) {
-    let is_prompt = |message: &Message| matches!(message, Message::User { content } if !content.starts_with(TASK_RESULTS_HEADER));
+    let is_prompt = |message: &Message| {
+        matches!(message, Message::User { content }
+            if !content.starts_with(TASK_RESULTS_HEADER) && !content.starts_with(LAST_TURN_HEADER))
+    };
+    let last_turn = matches!(request.messages.last(),
+        Some(Message::User { content }) if content.starts_with(LAST_TURN_HEADER));
     let prompt_at = request.messages.iter().rposition(is_prompt);
     let prompt = prompt_at
         .and_then(|at| match &request.messages[at] {
@@ -417,6 +427,13 @@ fn demo_reply(request: &ChatRequest) -> (String, Vec<ToolCall>) {
         }
     }
 
+    if last_turn {
+        let results: Vec<(String, bool)> = collected
+            .into_iter()
+            .map(|(_, body, failed)| (body, failed))
+            .collect();
+        return (synthesis(&prompt, &results), Vec::new());
+    }
     if call_names.is_empty() {
         let calls = topics(&prompt)
             .into_iter()

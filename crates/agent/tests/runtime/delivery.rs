@@ -664,15 +664,23 @@ async fn a_long_result_is_cut_in_the_handover_and_read_on_from_the_offset() {
     let reads = last_results(&requests[3]);
     let (_, next, is_error) = &reads[0];
     assert!(!is_error, "{next}");
-    // The window of a tool result is max_tool_output_chars less 400.
-    assert_eq!(next["result"], &long[500..2_500]);
+    // The window is as large as fits: the whole answer stays within
+    // max_tool_output_chars, so it is never cut and its note stays true.
+    assert!(next.to_string().chars().count() <= 2_400, "{next}");
+    let to = next["result_chars"]["to"].as_u64().unwrap() as usize;
+    assert!(
+        to > 1_500,
+        "a window of {} characters is too small",
+        to - 500
+    );
+    assert_eq!(next["result"], &long[500..to]);
     assert_eq!(
         next["result_chars"],
-        json!({"from": 500, "to": 2_500, "total": 10_000})
+        json!({"from": 500, "to": to, "total": 10_000})
     );
     assert_eq!(
         next["note"],
-        "the result goes on; call get_task_result with offset 2500 to read more"
+        format!("the result goes on; call get_task_result with offset {to} to read more")
     );
     let (_, tail, is_error) = &reads[1];
     assert!(!is_error, "{tail}");
@@ -682,4 +690,83 @@ async fn a_long_result_is_cut_in_the_handover_and_read_on_from_the_offset() {
         json!({"from": 9_000, "to": 10_000, "total": 10_000})
     );
     assert!(tail.get("note").is_none(), "{tail}");
+}
+
+/// A result full of characters JSON must escape is still read whole, part
+/// by part: every answer parses, fits the cap, and the parts join up.
+#[tokio::test(start_paused = true)]
+async fn a_result_full_of_escapes_is_read_in_parts_that_join_up() {
+    let long: String = (0..3_000)
+        .map(|index| ["line\n", "\"q\"", "\t", "é"][index % 4])
+        .collect();
+    let lead = FnProvider::new("lead", Duration::ZERO, |request| {
+        match assistant_turns(request) {
+            0 => call_tools(request, vec![spawn("worker", "write a lot")]),
+            _ => {
+                // Wait for the task first, then read on from each note.
+                let results = last_results(request);
+                let (_, last, _) = results.last().unwrap();
+                let id = last["task_id"].as_str().unwrap().to_owned();
+                match last
+                    .get("result_chars")
+                    .map(|chars| chars["to"].as_u64().unwrap())
+                {
+                    _ if last["status"] == "running" => call_tools(
+                        request,
+                        vec![("get_task_result", json!({"task_id": id, "wait": true}))],
+                    ),
+                    Some(to) if to < last["result_chars"]["total"].as_u64().unwrap() => call_tools(
+                        request,
+                        vec![("get_task_result", json!({"task_id": id, "offset": to}))],
+                    ),
+                    _ => answer("done reading"),
+                }
+            }
+        }
+    });
+    let writer = {
+        let long = long.clone();
+        FnProvider::new("writer", Duration::from_millis(100), move |_| {
+            answer(long.clone())
+        })
+    };
+    let runtime = Runtime::builder()
+        .max_tool_output_chars(2_000)
+        .agent(
+            agent("lead", lead.clone())
+                .subagents(["worker"])
+                .build()
+                .unwrap(),
+        )
+        .agent(agent("worker", writer).build().unwrap())
+        .build()
+        .unwrap();
+
+    let output = runtime.run("lead", "read it all").await.unwrap();
+    assert_eq!(output.answer, "done reading");
+
+    let mut joined = String::new();
+    for request in lead.requests() {
+        for message in &request.messages {
+            let Message::Tool {
+                name,
+                content,
+                is_error,
+                ..
+            } = message
+            else {
+                continue;
+            };
+            if name != "get_task_result" || request.messages.last() != Some(message) {
+                continue;
+            }
+            assert!(!is_error, "{content}");
+            assert!(content.chars().count() <= 2_000, "an answer was cut");
+            let answer: serde_json::Value = serde_json::from_str(content).unwrap();
+            if let Some(part) = answer["result"].as_str() {
+                joined.push_str(part);
+            }
+        }
+    }
+    assert_eq!(joined, long);
 }

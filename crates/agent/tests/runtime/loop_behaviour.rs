@@ -434,7 +434,7 @@ async fn after_max_turns_one_last_call_is_told_to_answer_and_its_text_is_the_ans
     assert_eq!(
         last.messages.last().unwrap(),
         &Message::user(
-            "You have used all 2 of your turns. Tools are no longer run: answer now, with what you have."
+            "[last turn] You have used all 2 of your turns. Tools are no longer run: answer now, with what you have."
         )
     );
     assert!(

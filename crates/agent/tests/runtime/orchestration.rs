@@ -248,3 +248,60 @@ async fn with_queue_wait_zero_the_second_background_task_is_refused_in_words() {
     }
     let _ = TASK_RESULTS_HEADER;
 }
+
+/// With one turn, the demo orchestrator spawns, and its last turn (tools no
+/// longer run) gets the researchers' results and writes the synthesis.
+#[tokio::test(start_paused = true)]
+async fn the_last_turn_hands_over_the_results_and_gets_the_synthesis() {
+    let researchers = std::sync::Arc::new(
+        ScriptedProvider::demo("research").with_latency(Duration::from_millis(200)),
+    );
+    let runtime = Runtime::builder()
+        .agent(
+            Agent::builder(
+                "orchestrator",
+                std::sync::Arc::new(ScriptedProvider::demo("lead")),
+            )
+            .subagents(["researcher"])
+            .max_turns(1)
+            .build()
+            .unwrap(),
+        )
+        .agent(Agent::builder("researcher", researchers).build().unwrap())
+        .build()
+        .unwrap();
+
+    let output = runtime
+        .run("orchestrator", "Compare Go and Rust")
+        .await
+        .unwrap();
+
+    assert!(
+        output.answer.contains("Synthesis") && output.answer.contains("from 2 sub-agent results"),
+        "{}",
+        output.answer
+    );
+    assert_eq!(output.report.turns, 2, "the spawn turn and the last turn");
+    assert_eq!(output.report.count(TaskStatus::Completed), 2);
+    assert_eq!(runtime.registry().stats().undelivered, 0);
+}
+
+#[tokio::test]
+async fn calling_every_other_agent_needs_another_agent() {
+    let provider = std::sync::Arc::new(ScriptedProvider::demo("lead"));
+    let error = Runtime::builder()
+        .agent(
+            Agent::builder("alone", provider)
+                .subagents(["*"])
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap_err();
+    assert!(
+        error.to_string().contains(
+            "agent `alone` may call every other agent (`*`), but there is no other agent"
+        ),
+        "{error}"
+    );
+}
