@@ -20,10 +20,13 @@ use deputy_registry::{
 };
 use parking_lot::Mutex;
 
+/// What one SubagentStop said: task, status, usage, provider label.
+type Stop = (TaskId, TaskStatus, Usage, Option<Arc<str>>);
+
 #[derive(Default)]
 struct Ledger {
     starts: Mutex<Vec<TaskId>>,
-    stops: Mutex<Vec<(TaskId, TaskStatus, Usage, Option<Arc<str>>)>>,
+    stops: Mutex<Vec<Stop>>,
 }
 
 #[async_trait]
