@@ -5,14 +5,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deputy_agent::{Agent, RunEvent, RunHandle};
+use deputy_agent::{Agent, RunEvent, RunHandle, Tool, ToolContext, ToolError};
 use deputy_providers::{
     ChatRequest, ChatResponse, ChatStream, ErrorKind, FinishReason, Message, Provider,
     ProviderError, ProviderKind, StreamEvent, TASK_RESULTS_HEADER, ToolCall, Usage,
 };
 use futures::StreamExt as _;
 use parking_lot::Mutex;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 type Reply = dyn Fn(&ChatRequest) -> Result<ChatResponse, ProviderError> + Send + Sync;
 
@@ -330,4 +330,78 @@ impl deputy_agent::Tool for SleepTool {
 /// The `sleep` tool, ready to add to an agent.
 pub(crate) fn sleep_tool() -> Arc<dyn deputy_agent::Tool> {
     Arc::new(SleepTool)
+}
+
+type ToolFn = dyn Fn(&Value) -> Result<String, ToolError> + Send + Sync;
+
+/// A user tool whose result comes from a closure, after sleeping
+/// `sleep_ms` (an argument) on tokio time. Counts its calls and records
+/// when each started.
+pub(crate) struct FnTool {
+    name: &'static str,
+    run: Box<ToolFn>,
+    calls: AtomicUsize,
+    pub(crate) started: Mutex<Vec<tokio::time::Instant>>,
+}
+
+impl std::fmt::Debug for FnTool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FnTool").field("name", &self.name).finish()
+    }
+}
+
+impl FnTool {
+    pub(crate) fn new(
+        name: &'static str,
+        run: impl Fn(&Value) -> Result<String, ToolError> + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            name,
+            run: Box::new(run),
+            calls: AtomicUsize::new(0),
+            started: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Answers `found <q>`.
+    pub(crate) fn lookup(name: &'static str) -> Arc<Self> {
+        Self::new(name, |arguments| {
+            Ok(format!("found {}", arguments["q"].as_str().unwrap_or("?")))
+        })
+    }
+
+    /// Answers its `text` argument.
+    pub(crate) fn echo() -> Arc<Self> {
+        Self::new("echo", |arguments| {
+            Ok(arguments["text"].as_str().unwrap_or_default().to_owned())
+        })
+    }
+
+    pub(crate) fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Tool for FnTool {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn description(&self) -> &str {
+        "A test tool."
+    }
+
+    fn parameters(&self) -> Value {
+        json!({"type": "object"})
+    }
+
+    async fn execute(&self, arguments: Value, _context: &ToolContext) -> Result<String, ToolError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.started.lock().push(tokio::time::Instant::now());
+        if let Some(ms) = arguments["sleep_ms"].as_u64() {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        (self.run)(&arguments)
+    }
 }

@@ -2,56 +2,14 @@
 //! usage accounting, token budgets, and the checks of the builders.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use deputy_agent::{Agent, RunError, RunEvent, Runtime, SPAWN_AGENT, Tool, ToolContext, ToolError};
+use deputy_agent::{Agent, RunError, RunEvent, Runtime, SPAWN_AGENT};
 use deputy_providers::ErrorKind;
 use deputy_registry::{FailureKind, TaskId, TaskStatus, Usage};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::common::*;
-
-/// A user tool that answers `found <q>` and counts its calls.
-#[derive(Debug)]
-struct Lookup {
-    name: &'static str,
-    calls: AtomicUsize,
-}
-
-impl Lookup {
-    fn named(name: &'static str) -> Arc<Self> {
-        Arc::new(Self {
-            name,
-            calls: AtomicUsize::new(0),
-        })
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-#[async_trait]
-impl Tool for Lookup {
-    fn name(&self) -> &str {
-        self.name
-    }
-
-    fn description(&self) -> &str {
-        "Looks something up."
-    }
-
-    fn parameters(&self) -> Value {
-        json!({"type": "object", "properties": {"q": {"type": "string"}}})
-    }
-
-    async fn execute(&self, arguments: Value, _context: &ToolContext) -> Result<String, ToolError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        Ok(format!("found {}", arguments["q"].as_str().unwrap_or("?")))
-    }
-}
 
 fn tool_names(request: &deputy_providers::ChatRequest) -> Vec<String> {
     request.tools.iter().map(|tool| tool.name.clone()).collect()
@@ -169,7 +127,7 @@ async fn an_agent_without_subagents_gets_no_task_tools_and_spawn_agent_is_an_unk
         }
     });
     let other = FnProvider::new("other", Duration::ZERO, |_| answer("never"));
-    let lookup = Lookup::named("lookup");
+    let lookup = FnTool::lookup("lookup");
     let runtime = Runtime::builder()
         .agent(agent("solo", solo.clone()).tool(lookup).build().unwrap())
         .agent(agent("other", other.clone()).build().unwrap())
@@ -368,7 +326,7 @@ async fn a_provider_error_mid_task_fails_the_sub_agent_and_the_parent_and_the_ev
             _ => provider_error(ErrorKind::Server, "upstream exploded"),
         }
     });
-    let lookup = Lookup::named("lookup");
+    let lookup = FnTool::lookup("lookup");
     let runtime = Runtime::builder()
         .agent(
             agent("lead", lead.clone())
@@ -486,7 +444,7 @@ async fn every_call_is_counted_on_its_task_and_summed_over_the_run() {
         .agent(agent("one", one.clone()).build().unwrap())
         .agent(
             agent("two", two.clone())
-                .tool(Lookup::named("lookup"))
+                .tool(FnTool::lookup("lookup"))
                 .build()
                 .unwrap(),
         )
@@ -578,7 +536,7 @@ async fn usage_run_totals_stay_in_order_when_sub_agents_run_on_several_threads()
         .agent(agent("lead", lead).subagents(["worker"]).build().unwrap())
         .agent(
             agent("worker", worker)
-                .tool(Lookup::named("lookup"))
+                .tool(FnTool::lookup("lookup"))
                 .build()
                 .unwrap(),
         )
@@ -635,7 +593,7 @@ async fn a_sub_agent_over_its_token_budget_stops_calling_its_model_and_fails_wit
         )
         .agent(
             agent("thrifty", thrifty.clone())
-                .tool(Lookup::named("lookup"))
+                .tool(FnTool::lookup("lookup"))
                 .token_budget(20)
                 .build()
                 .unwrap(),
@@ -670,7 +628,7 @@ async fn a_run_over_its_orchestrators_token_budget_fails_with_budget() {
     let runtime = Runtime::builder()
         .agent(
             agent("thrifty", thrifty.clone())
-                .tool(Lookup::named("lookup"))
+                .tool(FnTool::lookup("lookup"))
                 .token_budget(20)
                 .build()
                 .unwrap(),
@@ -697,9 +655,9 @@ async fn an_agent_builder_lists_every_problem_at_once() {
     let provider = FnProvider::new("p", Duration::ZERO, |_| answer("x"));
     let error = Agent::builder("auto", provider.clone())
         .max_turns(0)
-        .tool(Lookup::named("lookup"))
-        .tool(Lookup::named("lookup"))
-        .tool(Lookup::named("spawn_agent"))
+        .tool(FnTool::lookup("lookup"))
+        .tool(FnTool::lookup("lookup"))
+        .tool(FnTool::lookup("spawn_agent"))
         .build()
         .unwrap_err();
 

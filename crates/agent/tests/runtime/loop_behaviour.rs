@@ -2,89 +2,20 @@
 //! output, max_turns, cancellation, the event stream and hook context.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deputy_agent::{RunError, RunEvent, Runtime, SPAWN_AGENT, Tool, ToolContext, ToolError};
+use deputy_agent::{RunError, RunEvent, Runtime, SPAWN_AGENT, ToolError};
 use deputy_providers::{ChatRequest, ChatResponse, FinishReason, Message, ToolArguments, ToolCall};
 use deputy_registry::{
     HookError, HookStack, StartDecision, SubagentStartEvent, SubagentStartHook, TaskFilter, TaskId,
     TaskStatus,
 };
 use futures::StreamExt as _;
-use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::common::*;
-
-type ToolFn = dyn Fn(&Value) -> Result<String, ToolError> + Send + Sync;
-
-/// A user tool whose result comes from a closure, after sleeping
-/// `sleep_ms` (an argument) on tokio time. Counts its calls and records
-/// when each started.
-struct FnTool {
-    name: &'static str,
-    run: Box<ToolFn>,
-    calls: AtomicUsize,
-    started: Mutex<Vec<Instant>>,
-}
-
-impl std::fmt::Debug for FnTool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FnTool").field("name", &self.name).finish()
-    }
-}
-
-impl FnTool {
-    fn new(
-        name: &'static str,
-        run: impl Fn(&Value) -> Result<String, ToolError> + Send + Sync + 'static,
-    ) -> Arc<Self> {
-        Arc::new(Self {
-            name,
-            run: Box::new(run),
-            calls: AtomicUsize::new(0),
-            started: Mutex::new(Vec::new()),
-        })
-    }
-
-    /// Answers its `text` argument.
-    fn echo() -> Arc<Self> {
-        Self::new("echo", |arguments| {
-            Ok(arguments["text"].as_str().unwrap_or_default().to_owned())
-        })
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-#[async_trait]
-impl Tool for FnTool {
-    fn name(&self) -> &str {
-        self.name
-    }
-
-    fn description(&self) -> &str {
-        "A test tool."
-    }
-
-    fn parameters(&self) -> Value {
-        json!({"type": "object"})
-    }
-
-    async fn execute(&self, arguments: Value, _context: &ToolContext) -> Result<String, ToolError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        self.started.lock().push(Instant::now());
-        if let Some(ms) = arguments["sleep_ms"].as_u64() {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-        }
-        (self.run)(&arguments)
-    }
-}
 
 /// A turn that calls tools with calls built by hand.
 fn tool_turn(calls: Vec<ToolCall>) -> Result<ChatResponse, deputy_providers::ProviderError> {
