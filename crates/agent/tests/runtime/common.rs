@@ -183,6 +183,26 @@ pub(crate) fn last_results(request: &ChatRequest) -> Vec<(String, Value, bool)> 
         .collect()
 }
 
+/// A sub-agent that answers "done: <its task>" after `latency`.
+pub(crate) fn worker(latency: Duration) -> Arc<FnProvider> {
+    FnProvider::new("worker", latency, |request| {
+        answer(format!("done: {}", prompt(request)))
+    })
+}
+
+/// A `spawn_agent` call that starts `agent` on `task` in the background.
+pub(crate) fn background_spawn(agent: &str, task: &str) -> (&'static str, Value) {
+    (
+        "spawn_agent",
+        json!({"agent": agent, "task": task, "background": true}),
+    )
+}
+
+/// A `get_task_result` call that waits for `task_id` without a limit.
+pub(crate) fn wait_for(task_id: impl serde::Serialize) -> (&'static str, Value) {
+    ("get_task_result", json!({"task_id": task_id, "wait": true}))
+}
+
 /// Every message that handed background results over.
 pub(crate) fn handovers(request: &ChatRequest) -> Vec<String> {
     request

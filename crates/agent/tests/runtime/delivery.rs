@@ -54,20 +54,6 @@ fn blocks(handover: &str) -> Vec<Block> {
         .collect()
 }
 
-/// A sub-agent that answers "done: <its task>" after `latency`.
-fn worker(latency: Duration) -> Arc<FnProvider> {
-    FnProvider::new("worker", latency, |request| {
-        answer(format!("done: {}", prompt(request)))
-    })
-}
-
-fn spawn(agent: &str, task: &str) -> (&'static str, Value) {
-    (
-        "spawn_agent",
-        json!({"agent": agent, "task": task, "background": true}),
-    )
-}
-
 /// Cancels, after `after`, every task of `agent` from outside the run.
 fn cancel_later(runtime: &Runtime, agent: &'static str, after: Duration) {
     let registry = runtime.registry().clone();
@@ -88,9 +74,9 @@ async fn results_finished_while_the_lead_is_busy_are_handed_over_once_before_its
             0 => call_tools(
                 request,
                 vec![
-                    spawn("worker", "alpha"),
-                    spawn("broken", "beta"),
-                    spawn("slowpoke", "gamma"),
+                    background_spawn("worker", "alpha"),
+                    background_spawn("broken", "beta"),
+                    background_spawn("slowpoke", "gamma"),
                 ],
             ),
             1 => call_tools(request, vec![("sleep", json!({"ms": 1_000}))]),
@@ -190,7 +176,10 @@ async fn a_result_read_with_get_task_result_is_never_handed_over() {
         match assistant_turns(request) {
             0 => call_tools(
                 request,
-                vec![spawn("worker", "first"), spawn("slow", "second")],
+                vec![
+                    background_spawn("worker", "first"),
+                    background_spawn("slow", "second"),
+                ],
             ),
             1 => {
                 let ids = spawned_ids(request);
@@ -313,7 +302,7 @@ async fn random_interleaving(seed: u64) -> (usize, usize) {
                 let calls = lengths
                     .iter()
                     .enumerate()
-                    .map(|(index, ms)| spawn("worker", &format!("job-{index} {ms}")))
+                    .map(|(index, ms)| background_spawn("worker", &format!("job-{index} {ms}")))
                     .collect();
                 return call_tools(request, calls);
             }
@@ -489,7 +478,7 @@ async fn every_result_reaches_the_model_exactly_once_under_random_interleavings(
 fn hasty_lead() -> Arc<FnProvider> {
     FnProvider::new("lead", Duration::ZERO, |request| {
         match assistant_turns(request) {
-            0 => call_tools(request, vec![spawn("worker", "report")]),
+            0 => call_tools(request, vec![background_spawn("worker", "report")]),
             1 => answer("early answer"),
             _ => answer("answer with the report"),
         }
@@ -605,7 +594,7 @@ async fn a_long_result_is_cut_in_the_handover_and_read_on_from_the_offset() {
         .collect();
     let lead = FnProvider::new("lead", Duration::ZERO, |request| {
         match assistant_turns(request) {
-            0 => call_tools(request, vec![spawn("worker", "write a lot")]),
+            0 => call_tools(request, vec![background_spawn("worker", "write a lot")]),
             1 => call_tools(request, vec![("sleep", json!({"ms": 200}))]),
             2 => {
                 let id = handovers(request)
@@ -701,7 +690,7 @@ async fn a_result_full_of_escapes_is_read_in_parts_that_join_up() {
         .collect();
     let lead = FnProvider::new("lead", Duration::ZERO, |request| {
         match assistant_turns(request) {
-            0 => call_tools(request, vec![spawn("worker", "write a lot")]),
+            0 => call_tools(request, vec![background_spawn("worker", "write a lot")]),
             _ => {
                 // Wait for the task first, then read on from each note.
                 let results = last_results(request);
@@ -711,10 +700,7 @@ async fn a_result_full_of_escapes_is_read_in_parts_that_join_up() {
                     .get("result_chars")
                     .map(|chars| chars["to"].as_u64().unwrap())
                 {
-                    _ if last["status"] == "running" => call_tools(
-                        request,
-                        vec![("get_task_result", json!({"task_id": id, "wait": true}))],
-                    ),
+                    _ if last["status"] == "running" => call_tools(request, vec![wait_for(id)]),
                     Some(to) if to < last["result_chars"]["total"].as_u64().unwrap() => call_tools(
                         request,
                         vec![("get_task_result", json!({"task_id": id, "offset": to}))],

@@ -161,19 +161,10 @@ async fn a_sub_agent_past_its_time_limit_fails_with_timeout_frees_its_slot_and_t
  {
     let lead = FnProvider::new("lead", Duration::ZERO, |request| {
         match assistant_turns(request) {
-            0 => call_tools(
-                request,
-                vec![(
-                    SPAWN_AGENT,
-                    json!({"agent": "slow", "task": "take your time", "background": true}),
-                )],
-            ),
+            0 => call_tools(request, vec![background_spawn("slow", "take your time")]),
             1 => {
                 let id = spawned_ids(request).remove(0);
-                call_tools(
-                    request,
-                    vec![("get_task_result", json!({"task_id": id, "wait": true}))],
-                )
+                call_tools(request, vec![wait_for(id)])
             }
             // With a cap of one and no queue wait, this spawn only works if
             // the timed-out task gave its slot back.
@@ -252,13 +243,7 @@ async fn a_sub_agent_past_its_time_limit_fails_with_timeout_frees_its_slot_and_t
 async fn a_timed_out_background_task_is_handed_over_as_a_timeout_when_the_parent_answers() {
     let lead = FnProvider::new("lead", Duration::ZERO, |request| {
         match assistant_turns(request) {
-            0 => call_tools(
-                request,
-                vec![(
-                    SPAWN_AGENT,
-                    json!({"agent": "slow", "task": "take your time", "background": true}),
-                )],
-            ),
+            0 => call_tools(request, vec![background_spawn("slow", "take your time")]),
             1 => answer("early answer"),
             _ => answer("final answer"),
         }
@@ -303,19 +288,10 @@ async fn a_provider_error_mid_task_fails_the_sub_agent_and_the_parent_and_the_ev
 {
     let lead = FnProvider::new("lead", Duration::ZERO, |request| {
         match assistant_turns(request) {
-            0 => call_tools(
-                request,
-                vec![(
-                    SPAWN_AGENT,
-                    json!({"agent": "worker", "task": "look it up", "background": true}),
-                )],
-            ),
+            0 => call_tools(request, vec![background_spawn("worker", "look it up")]),
             1 => {
                 let id = spawned_ids(request).remove(0);
-                call_tools(
-                    request,
-                    vec![("get_task_result", json!({"task_id": id, "wait": true}))],
-                )
+                call_tools(request, vec![wait_for(id)])
             }
             _ => answer("lead done"),
         }
@@ -401,24 +377,13 @@ async fn every_call_is_counted_on_its_task_and_summed_over_the_run() {
             0 => call_tools(
                 request,
                 vec![
-                    (
-                        SPAWN_AGENT,
-                        json!({"agent": "one", "task": "short", "background": true}),
-                    ),
-                    (
-                        SPAWN_AGENT,
-                        json!({"agent": "two", "task": "long", "background": true}),
-                    ),
+                    background_spawn("one", "short"),
+                    background_spawn("two", "long"),
                 ],
             ),
             1 => {
                 let ids = spawned_ids(request);
-                call_tools(
-                    request,
-                    ids.iter()
-                        .map(|id| ("get_task_result", json!({"task_id": id, "wait": true})))
-                        .collect(),
-                )
+                call_tools(request, ids.iter().map(|id| wait_for(id)).collect())
             }
             _ => answer("lead done"),
         }

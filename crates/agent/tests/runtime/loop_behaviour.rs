@@ -440,22 +440,13 @@ fn orchestrator_with_slow_workers() -> (Arc<FnProvider>, Arc<FnProvider>, Runtim
             0 => call_tools(
                 request,
                 vec![
-                    (
-                        SPAWN_AGENT,
-                        json!({"agent": "worker", "task": "one", "background": true}),
-                    ),
-                    (
-                        SPAWN_AGENT,
-                        json!({"agent": "worker", "task": "two", "background": true}),
-                    ),
+                    background_spawn("worker", "one"),
+                    background_spawn("worker", "two"),
                 ],
             ),
             1 => {
                 let id = spawned_ids(request).remove(0);
-                call_tools(
-                    request,
-                    vec![("get_task_result", json!({"task_id": id, "wait": true}))],
-                )
+                call_tools(request, vec![wait_for(id)])
             }
             _ => answer("lead done"),
         }

@@ -5,7 +5,6 @@ use std::time::Duration;
 use deputy_agent::{Agent, RunEvent, Runtime};
 use deputy_providers::{ScriptedProvider, TASK_RESULTS_HEADER};
 use deputy_registry::TaskStatus;
-use serde_json::json;
 
 use crate::common::*;
 
@@ -118,22 +117,12 @@ fn spawning_lead(topics: &'static [&'static str]) -> std::sync::Arc<FnProvider> 
                 request,
                 topics
                     .iter()
-                    .map(|topic| {
-                        (
-                            "spawn_agent",
-                            json!({"agent": "researcher", "task": topic, "background": true}),
-                        )
-                    })
+                    .map(|topic| background_spawn("researcher", topic))
                     .collect(),
             ),
             1 => {
                 let ids = spawned_ids(request);
-                call_tools(
-                    request,
-                    ids.iter()
-                        .map(|id| ("get_task_result", json!({"task_id": id, "wait": true})))
-                        .collect(),
-                )
+                call_tools(request, ids.iter().map(|id| wait_for(id)).collect())
             }
             _ => answer("all collected"),
         },

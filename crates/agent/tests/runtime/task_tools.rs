@@ -23,13 +23,6 @@ fn id_of(value: &Value) -> TaskId {
         .unwrap()
 }
 
-/// A sub-agent that answers "done: <its task>" after `latency`.
-fn worker(latency: Duration) -> Arc<FnProvider> {
-    FnProvider::new("worker", latency, |request| {
-        answer(format!("done: {}", prompt(request)))
-    })
-}
-
 /// A lead that spawns one background `worker` on `task`, then runs
 /// `second` (given the task id) in its next turn, then answers.
 fn spawn_then(
@@ -39,13 +32,7 @@ fn spawn_then(
 ) -> Arc<FnProvider> {
     FnProvider::new("lead", latency, move |request| {
         match assistant_turns(request) {
-            0 => call_tools(
-                request,
-                vec![(
-                    "spawn_agent",
-                    json!({"agent": "worker", "task": task, "background": true}),
-                )],
-            ),
+            0 => call_tools(request, vec![background_spawn("worker", task)]),
             1 => {
                 let id = spawned_ids(request).pop().unwrap();
                 call_tools(request, second(&id))
@@ -165,13 +152,7 @@ async fn stopping_a_child_cancels_its_own_background_grandchild_and_its_calls() 
         "lead",
         Duration::from_secs(1),
         |request| match assistant_turns(request) {
-            0 => call_tools(
-                request,
-                vec![(
-                    "spawn_agent",
-                    json!({"agent": "middle", "task": "coordinate", "background": true}),
-                )],
-            ),
+            0 => call_tools(request, vec![background_spawn("middle", "coordinate")]),
             1 => {
                 let id = spawned_ids(request).pop().unwrap();
                 call_tools(request, vec![("stop_task", json!({ "task_id": id }))])
@@ -181,19 +162,10 @@ async fn stopping_a_child_cancels_its_own_background_grandchild_and_its_calls() 
     );
     let middle = FnProvider::new("middle", Duration::ZERO, |request| {
         match assistant_turns(request) {
-            0 => call_tools(
-                request,
-                vec![(
-                    "spawn_agent",
-                    json!({"agent": "worker", "task": "deep dive", "background": true}),
-                )],
-            ),
+            0 => call_tools(request, vec![background_spawn("worker", "deep dive")]),
             1 => {
                 let id = spawned_ids(request).pop().unwrap();
-                call_tools(
-                    request,
-                    vec![("get_task_result", json!({"task_id": id, "wait": true}))],
-                )
+                call_tools(request, vec![wait_for(id)])
             }
             _ => answer("middle done"),
         }
@@ -272,13 +244,7 @@ async fn a_wait_that_times_out_returns_running_after_its_timeout_and_consumes_no
     let lead = FnProvider::new("lead", Duration::ZERO, move |request| {
         clock.lock().push(Instant::now());
         match assistant_turns(request) {
-            0 => call_tools(
-                request,
-                vec![(
-                    "spawn_agent",
-                    json!({"agent": "worker", "task": "slow job", "background": true}),
-                )],
-            ),
+            0 => call_tools(request, vec![background_spawn("worker", "slow job")]),
             1 => {
                 let id = spawned_ids(request).pop().unwrap();
                 call_tools(
@@ -396,9 +362,7 @@ async fn bad_task_tool_calls_are_tool_errors_that_change_nothing() {
     };
     // Another run on the same runtime: its lead spawns a long background
     // worker and waits for it.
-    let other = spawn_then(Duration::ZERO, "foreign work", |id| {
-        vec![("get_task_result", json!({"task_id": id, "wait": true}))]
-    });
+    let other = spawn_then(Duration::ZERO, "foreign work", |id| vec![wait_for(id)]);
     let worker = worker(Duration::from_secs(60));
     let runtime = Runtime::builder()
         .agent(
@@ -519,18 +483,9 @@ async fn list_tasks_shows_only_the_callers_own_children_with_a_working_status_fi
                 0 => call_tools(
                     request,
                     vec![
-                        (
-                            "spawn_agent",
-                            json!({"agent": "worker", "task": "quick check", "background": true}),
-                        ),
-                        (
-                            "spawn_agent",
-                            json!({"agent": "worker", "task": long_task, "background": true}),
-                        ),
-                        (
-                            "spawn_agent",
-                            json!({"agent": "middle", "task": "coordinate", "background": true}),
-                        ),
+                        background_spawn("worker", "quick check"),
+                        background_spawn("worker", &long_task),
+                        background_spawn("middle", "coordinate"),
                     ],
                 ),
                 1 => call_tools(request, vec![("sleep", json!({"ms": 1_000}))]),
@@ -549,13 +504,7 @@ async fn list_tasks_shows_only_the_callers_own_children_with_a_working_status_fi
     };
     let middle = FnProvider::new("middle", Duration::ZERO, |request| {
         match assistant_turns(request) {
-            0 => call_tools(
-                request,
-                vec![(
-                    "spawn_agent",
-                    json!({"agent": "worker", "task": "slow grandchild", "background": true}),
-                )],
-            ),
+            0 => call_tools(request, vec![background_spawn("worker", "slow grandchild")]),
             1 => call_tools(request, vec![("list_tasks", json!({}))]),
             _ => answer("middle done"),
         }
@@ -662,16 +611,10 @@ async fn auto_or_no_agent_picks_an_allowed_sub_agent_and_others_are_refused() {
             0 => call_tools(
                 request,
                 vec![
-                    (
-                        "spawn_agent",
-                        json!({"agent": "auto", "task": "first", "background": true}),
-                    ),
+                    background_spawn("auto", "first"),
                     ("spawn_agent", json!({"task": "second", "background": true})),
                     ("spawn_agent", json!({"task": "third"})),
-                    (
-                        "spawn_agent",
-                        json!({"agent": "gamma", "task": "fourth", "background": true}),
-                    ),
+                    background_spawn("gamma", "fourth"),
                 ],
             ),
             _ => answer("done"),
