@@ -125,6 +125,20 @@ pub(crate) fn insert_secret(
     Ok(())
 }
 
+/// Headers that carry `key`, if there is one, as `Authorization: Bearer`
+/// (marked sensitive).
+pub(crate) fn bearer_headers(key: Option<&ApiKey>) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::new();
+    if let Some(key) = key {
+        insert_secret(
+            &mut headers,
+            reqwest::header::AUTHORIZATION,
+            &format!("Bearer {}", key.expose()),
+        )?;
+    }
+    Ok(headers)
+}
+
 /// The wire format of one backend.
 pub(crate) trait WireFormat: fmt::Debug + Send + Sync + 'static {
     fn kind(&self) -> ProviderKind;

@@ -7,13 +7,12 @@
 
 use deputy_registry::Usage;
 use reqwest::StatusCode;
-use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 
 use crate::error::{ErrorKind, ProviderError};
 use crate::framing::{Frame, Framing};
 use crate::http::{
-    Classified, PreparedRequest, WireFormat, body_or_status, insert_secret, kind_for_status,
+    Classified, PreparedRequest, WireFormat, bearer_headers, body_or_status, kind_for_status,
 };
 use crate::message::{ChatRequest, ChatResponse, FinishReason, Message, ToolArguments, ToolCall};
 use crate::openai::function_tools;
@@ -41,15 +40,8 @@ impl WireFormat for OllamaWire {
         stream: bool,
         key: Option<&ApiKey>,
     ) -> Result<PreparedRequest, String> {
-        let mut headers = HeaderMap::new();
         // Ollama itself takes no key; a proxy in front of it may.
-        if let Some(key) = key {
-            insert_secret(
-                &mut headers,
-                reqwest::header::AUTHORIZATION,
-                &format!("Bearer {}", key.expose()),
-            )?;
-        }
+        let headers = bearer_headers(key)?;
         let mut body = Map::new();
         body.insert("model".into(), json!(model));
         body.insert(

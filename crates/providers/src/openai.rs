@@ -8,14 +8,13 @@ use std::collections::BTreeMap;
 
 use deputy_registry::Usage;
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, HeaderMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::{ErrorKind, ProviderError};
 use crate::framing::{Frame, Framing};
 use crate::http::{
-    Classified, PreparedRequest, WireFormat, body_or_status, insert_secret, kind_for_status,
+    Classified, PreparedRequest, WireFormat, bearer_headers, body_or_status, kind_for_status,
 };
 use crate::message::{
     ChatRequest, ChatResponse, FinishReason, Message, ToolArguments, ToolCall, ToolSpec,
@@ -67,14 +66,7 @@ impl WireFormat for OpenAiWire {
         stream: bool,
         key: Option<&ApiKey>,
     ) -> Result<PreparedRequest, String> {
-        let mut headers = HeaderMap::new();
-        if let Some(key) = key {
-            insert_secret(
-                &mut headers,
-                AUTHORIZATION,
-                &format!("Bearer {}", key.expose()),
-            )?;
-        }
+        let headers = bearer_headers(key)?;
         let mut body = Map::new();
         body.insert("model".into(), json!(model));
         body.insert(
