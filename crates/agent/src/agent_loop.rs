@@ -80,7 +80,7 @@ impl AgentRun {
 
         let mut turns = 0;
         loop {
-            self.hand_over_finished(&mut messages);
+            self.hand_over(&mut messages, Vec::new());
             if turns >= self.max_turns {
                 return self.last_turn(messages, &tools).await;
             }
@@ -105,16 +105,8 @@ impl AgentRun {
         mut messages: Vec<Message>,
         tools: &[ToolSpec],
     ) -> Result<String, TaskFailure> {
-        let mut results = self.apply_on_finish().await;
-        if self.may_spawn() {
-            results.extend(self.task.registry().take_finished(Some(self.task.id())));
-        }
-        if !results.is_empty() {
-            messages.push(handover_message(
-                &results,
-                self.runtime.limits.max_result_chars,
-            ));
-        }
+        let results = self.apply_on_finish().await;
+        self.hand_over(&mut messages, results);
         messages.push(Message::user(format!(
             "{LAST_TURN_HEADER} You have used all {} of your turns. Tools are no longer run: answer now, with what you have.",
             self.max_turns
@@ -423,8 +415,17 @@ impl AgentRun {
         if !self.may_spawn() {
             return false;
         }
-        let mut results = self.apply_on_finish().await;
-        results.extend(self.task.registry().take_finished(Some(self.task.id())));
+        let results = self.apply_on_finish().await;
+        self.hand_over(messages, results)
+    }
+
+    /// Hands `results` (already marked delivered) and every other finished
+    /// result of this task's children not seen yet to the model, in one
+    /// message; returns whether there was anything to hand over.
+    fn hand_over(&self, messages: &mut Vec<Message>, mut results: Vec<TaskSnapshot>) -> bool {
+        if self.may_spawn() {
+            results.extend(self.task.registry().take_finished(Some(self.task.id())));
+        }
         if results.is_empty() {
             return false;
         }
@@ -433,21 +434,6 @@ impl AgentRun {
             self.runtime.limits.max_result_chars,
         ));
         true
-    }
-
-    /// Hands finished results of this task's children over to the model,
-    /// once each.
-    fn hand_over_finished(&self, messages: &mut Vec<Message>) {
-        if !self.may_spawn() {
-            return;
-        }
-        let finished = self.task.registry().take_finished(Some(self.task.id()));
-        if !finished.is_empty() {
-            messages.push(handover_message(
-                &finished,
-                self.runtime.limits.max_result_chars,
-            ));
-        }
     }
 }
 
