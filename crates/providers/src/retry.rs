@@ -92,15 +92,9 @@ impl RetryPolicy {
         }
     }
 
-    /// Exponential backoff for retry number `retry` (1-based), minus up to
-    /// 25% jitter so parallel agents do not retry in lockstep.
+    /// Exponential backoff for retry number `retry` (1-based), with jitter.
     pub(crate) fn backoff(&self, retry: u32) -> Duration {
-        let doubling = 2_u32.saturating_pow(retry.saturating_sub(1).min(16));
-        let full = self
-            .initial_backoff
-            .saturating_mul(doubling)
-            .min(self.max_backoff);
-        full.mul_f64(1.0 - 0.25 * fastrand::f64())
+        deputy_registry::backoff_delay(self.initial_backoff, self.max_backoff, retry)
     }
 }
 

@@ -38,6 +38,7 @@
 //! # }
 //! ```
 
+mod backoff;
 mod error;
 mod event;
 mod hook;
@@ -54,6 +55,7 @@ mod status;
 mod task;
 mod usage;
 
+pub use backoff::backoff_delay;
 pub use error::{CancelOutcome, SpawnError, UnknownTask};
 pub use event::RegistryEvent;
 pub use hook::{
@@ -65,6 +67,7 @@ pub use live::SettingsHandle;
 pub use load::{AgentLoadSnapshot, Clock, LoadTracker, ManualClock, RunOutcome, TokioClock};
 pub use registry::{
     DEFAULT_EVENT_CAPACITY, Registry, RegistryBuilder, RegistryStats, ShutdownReport, Spawned,
+    WeakRegistry,
 };
 pub use selector::{
     AgentCandidate, CAPABILITY_MATCH_POINTS, Selection, SelectionError, SelectionMode,

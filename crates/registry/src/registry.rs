@@ -36,6 +36,29 @@ pub struct Registry {
     shared: Arc<Shared>,
 }
 
+/// A registry reference that does not keep it alive, for hooks that read
+/// the registry they are part of (a strong reference there would be a
+/// cycle: registry → hook stack → hook → registry).
+#[derive(Clone)]
+pub struct WeakRegistry {
+    shared: Weak<Shared>,
+}
+
+impl WeakRegistry {
+    /// The registry, while it still exists.
+    pub fn upgrade(&self) -> Option<Registry> {
+        self.shared.upgrade().map(|shared| Registry { shared })
+    }
+}
+
+impl fmt::Debug for WeakRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakRegistry")
+            .field("alive", &(self.shared.strong_count() > 0))
+            .finish()
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
     hooks: HookStack,
@@ -393,6 +416,13 @@ impl Registry {
     /// first; each is marked delivered and never returned again.
     pub fn take_finished(&self, parent: Option<TaskId>) -> Vec<TaskSnapshot> {
         self.shared.state.lock().take_finished(parent)
+    }
+
+    /// A reference that does not keep the registry alive.
+    pub fn downgrade(&self) -> WeakRegistry {
+        WeakRegistry {
+            shared: Arc::downgrade(&self.shared),
+        }
     }
 
     /// A stream of lifecycle events from now on (see [`RegistryEvent`]).

@@ -1,0 +1,196 @@
+//! The `[hooks]` and `[billing]` sections: parsing, checking and building.
+
+use std::path::Path;
+
+use deputy_hooks::{HooksSettings, RawBillingConfig, RawHooksConfig};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    hooks: RawHooksConfig,
+    billing: Option<RawBillingConfig>,
+}
+
+fn parse(text: &str) -> File {
+    toml::from_str(text).unwrap()
+}
+
+fn check(text: &str) -> Result<HooksSettings, String> {
+    let file = parse(text);
+    HooksSettings::from_raw(&file.hooks, file.billing.as_ref()).map_err(|error| error.to_string())
+}
+
+/// The TOML block of a Markdown or doc-comment text that holds `marker`.
+fn toml_block(text: &str, marker: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|line| {
+            line.strip_prefix("//!")
+                .map_or(line, |rest| rest.strip_prefix(' ').unwrap_or(rest))
+        })
+        .collect();
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<&str>> = None;
+    for line in lines {
+        match (&mut current, line.trim()) {
+            (None, "```toml") => current = Some(Vec::new()),
+            (Some(block), "```") => {
+                blocks.push(block.join("\n"));
+                current = None;
+            }
+            (Some(block), _) => block.push(line),
+            (None, _) => {}
+        }
+    }
+    blocks
+        .into_iter()
+        .find(|block| block.contains(marker))
+        .unwrap_or_else(|| panic!("no toml block with {marker}"))
+}
+
+#[test]
+fn the_crate_docs_example_is_valid_but_for_its_unset_secret() {
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
+    let error = check(&toml_block(&docs, "[hooks.metrics]")).unwrap_err();
+    // The example names a secret variable that the test environment lacks;
+    // every other key checks out.
+    assert!(
+        error.starts_with(
+            "hooks.SubagentStop[0].secret_env: environment variable DEPUTY_WEBHOOK_SECRET is unset"
+        ),
+        "{error}"
+    );
+    assert!(!error.contains("problems"), "{error}");
+}
+
+#[test]
+fn the_readme_example_is_valid_and_builds() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let settings = check(&toml_block(&readme, "[billing]")).unwrap();
+    assert!(settings.metrics);
+    assert!(settings.billing.is_some());
+    assert!(!settings.start.is_empty() || !settings.stop.is_empty());
+}
+
+#[test]
+fn unknown_keys_are_refused_with_their_name() {
+    let text = "[[hooks.SubagentStart]]\nkind = \"command\"\ncommand = [\"x\"]\ntimeout = 5\n";
+    let error = toml::from_str::<File>(text).err().unwrap().to_string();
+    assert!(error.contains("unknown field `timeout`"), "{error}");
+    let error = toml::from_str::<File>("[hooks]\nSubagentStrat = []\n")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("unknown field `SubagentStrat`"), "{error}");
+    let error = toml::from_str::<File>("[[hooks.SubagentStop]]\nkind = \"script\"\n")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("unknown variant `script`, expected `command` or `webhook`"),
+        "{error}"
+    );
+}
+
+#[test]
+fn every_problem_is_listed_with_its_key() {
+    let error = check(
+        r#"
+[[hooks.SubagentStart]]
+kind = "command"
+command = "./gate.sh"
+matcher = "(research"
+
+[[hooks.SubagentStart]]
+kind = "command"
+command = ["./gate.sh"]
+url = "http://x"
+timeout_ms = 0
+
+[[hooks.SubagentStop]]
+kind = "webhook"
+blocking = true
+url = "ftp://example.com"
+
+[[hooks.SubagentStop]]
+kind = "webhook"
+command = ["x"]
+
+[billing]
+budget_usd = -1
+prices."house" = { input = -2.0, output = 1.0 }
+"#,
+    )
+    .unwrap_err();
+    for expected in [
+        "hooks.SubagentStart[0].command: \"./gate.sh\" is a string but shell is false",
+        "hooks.SubagentStart[0].matcher: invalid regex \"(research\"",
+        "hooks.SubagentStart[1].url: does not apply to command hooks",
+        "hooks.SubagentStart[1].timeout_ms: must be at least 1, got 0",
+        "hooks.SubagentStop[0].blocking: a stop webhook cannot block",
+        "hooks.SubagentStop[0].url: scheme \"ftp\" is not supported",
+        "hooks.SubagentStop[1].command: does not apply to webhook hooks",
+        "hooks.SubagentStop[1].url: is missing",
+        "billing.budget_usd: must be a non-negative number of dollars, got -1",
+        "billing.prices.house.input: must be a non-negative number",
+    ] {
+        assert!(
+            error.contains(expected),
+            "missing {expected:?} in:\n{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn relative_paths_are_taken_from_the_config_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = check(
+        r#"
+[hooks.audit]
+path = "logs-audit.jsonl"
+
+[billing]
+ledger = "ledger.jsonl"
+prices."house-model" = { input = 1.0, output = 2.0 }
+"#,
+    )
+    .unwrap();
+    let set = settings.build(dir.path(), Some("s-1")).unwrap();
+    assert_eq!(set.session_id(), "s-1");
+    assert_eq!(
+        set.billing().unwrap().ledger_path(),
+        Some(dir.path().join("ledger.jsonl").as_path())
+    );
+    assert_eq!(
+        set.audit().unwrap().path(),
+        dir.path().join("logs-audit.jsonl")
+    );
+    assert!(dir.path().join("ledger.jsonl").exists());
+    // Config prices join the built-in ones.
+    let prices = set.billing().unwrap().prices();
+    assert!(matches!(
+        prices.lookup(None, Some("house-model")),
+        deputy_hooks::PriceLookup::Known(_)
+    ));
+    assert!(matches!(
+        prices.lookup(None, Some("gpt-4o")),
+        deputy_hooks::PriceLookup::Known(_)
+    ));
+}
+
+#[tokio::test]
+async fn an_unopenable_file_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = check("[hooks.audit]\npath = \"missing-dir/audit.jsonl\"\n").unwrap();
+    let error = settings.build(dir.path(), None).unwrap_err().to_string();
+    assert!(
+        error.starts_with("hooks.audit.path: cannot open"),
+        "{error}"
+    );
+    assert!(error.contains("missing-dir/audit.jsonl"), "{error}");
+}
