@@ -1,7 +1,7 @@
 //! Command hooks: exit codes, replies, time limits, children, environment.
 #![cfg(unix)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deputy_hooks::{CommandHook, SubagentStartHook as _, SubagentStopHook as _};
 use deputy_registry::{HookStack, StartDecision, TaskStatus};
@@ -99,7 +99,6 @@ async fn a_hook_past_its_limit_is_killed_with_its_children() {
     let hook = CommandHook::new([script(dir.path(), "hang.sh", &body)])
         .unwrap()
         .timeout(Duration::from_millis(500));
-    let began = Instant::now();
     let error = hook
         .on_subagent_start(&start_event("researcher"))
         .await
@@ -108,11 +107,6 @@ async fn a_hook_past_its_limit_is_killed_with_its_children() {
     assert!(
         error.contains("ran past its 500 ms time limit and was killed"),
         "{error}"
-    );
-    assert!(
-        began.elapsed() < Duration::from_secs(20),
-        "took {:?}",
-        began.elapsed()
     );
     let pids: Vec<i32> = std::fs::read_to_string(&pids)
         .unwrap()
@@ -150,24 +144,19 @@ async fn a_forked_child_that_outlives_the_hook_neither_holds_it_up_nor_survives(
     let dir = tempfile::tempdir().unwrap();
     let child_pid = dir.path().join("child");
     let body = format!(
-        "sleep 60 & echo $! > {}; echo '{{\"additionalContext\":\"forked\"}}'",
+        "sleep 600 & echo $! > {}; echo '{{\"additionalContext\":\"forked\"}}'",
         child_pid.display()
     );
+    // A hook that waited for the child's copy of stdout to close would run
+    // into this limit long before the child's 600 s and report a time-out.
     let hook = CommandHook::new([script(dir.path(), "fork.sh", &body)])
         .unwrap()
-        .timeout(Duration::from_secs(30));
-    let began = Instant::now();
+        .timeout(Duration::from_secs(20));
     let decision = hook
         .on_subagent_start(&start_event("researcher"))
         .await
         .unwrap();
     assert_eq!(decision, StartDecision::AddContext("forked".into()));
-    // Far below the 60 s the child would hold the pipes for.
-    assert!(
-        began.elapsed() < Duration::from_secs(20),
-        "took {:?}",
-        began.elapsed()
-    );
     let pid: i32 = std::fs::read_to_string(&child_pid)
         .unwrap()
         .trim()

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use deputy_hooks::{AuditLog, HooksSettings, LedgerEntry, RawBillingConfig, RawHooksConfig};
-use deputy_registry::{FailureKind, TaskId, TaskSpec, TaskStatus, Usage};
+use deputy_registry::{FailureKind, TaskId, TaskSpec, TaskStatus};
 use prometheus_parse::{Scrape, Value};
 use serde::Deserialize;
 
@@ -39,7 +39,8 @@ command = "echo 'not this agent' >&2; exit 2"
 kind = "command"
 name = "sink"
 shell = true
-command = "{ cat; echo; } >> stops.jsonl"
+# Stop hooks of different tasks run at once: one write per line.
+command = "line=$(cat); printf '%s\\n' \"$line\" >> stops.jsonl"
 "#;
 
 fn sum(scrape: &Scrape, metric: &str) -> f64 {
@@ -204,5 +205,4 @@ async fn every_start_has_one_stop_on_every_path() {
         sum(&scrape, "deputy_subagents_finished_total"),
         expected.len() as f64
     );
-    let _ = Usage::default();
 }

@@ -170,8 +170,9 @@ async fn a_full_queue_drops_and_counts_instead_of_blocking() {
     for _ in 0..6 {
         stop(&webhook).await;
     }
-    // One in flight, at most one queued: the rest were dropped.
-    assert!(webhook.dropped() >= 4, "dropped {}", webhook.dropped());
+    // At most one in flight, one taken by the worker and waiting for a
+    // delivery slot, and one in the queue: the rest were dropped at once.
+    assert!(webhook.dropped() >= 3, "dropped {}", webhook.dropped());
     let text = metrics.render();
     assert!(
         text.contains(r#"deputy_hook_failures_total{hook="slow",event="SubagentStop"}"#),
