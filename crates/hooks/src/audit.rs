@@ -1,9 +1,12 @@
 //! The audit log: every SubagentStart and SubagentStop as one JSON line.
 //!
 //! Each line is the [`EventPayload`] that command hooks and webhooks get,
-//! so one reader handles all three. A started task has exactly one start
-//! line and one stop line with the same `task_id`; a task denied by a later
-//! start hook has both too (its stop says `failed`, `denied_by_hook`).
+//! so one reader handles all three. A task whose start hooks got as far as
+//! the audit log has one start line and one stop line with the same
+//! `task_id`; a task denied by a later start hook has both too (its stop
+//! says `failed`, `denied_by_hook`). A task denied by an earlier hook, or
+//! cancelled before its start hooks reached the audit log, has only its
+//! stop line.
 
 use std::path::{Path, PathBuf};
 

@@ -8,22 +8,32 @@
 //! `budget exhausted: $5.02 of $5.00 spent`. Tasks already running finish,
 //! so spend can pass a budget by what they use.
 //!
+//! The ledger keeps whole lines only: a crash can cut at most the line
+//! being written, which is skipped when read and removed when the ledger is
+//! opened again (see `jsonl.rs`).
+//!
 //! Spend counts everything in the ledger: a restarted host reads the ledger
 //! back and goes on from its total. Move or rotate the ledger file to start
 //! a new budget period.
 //!
+//! "Running tasks" means every task this hook allowed and has not billed
+//! yet, so a task that has ended but whose stop hooks have not run still
+//! counts (through its live usage, once [`Billing::attach`] has been called).
+//!
 //! A model without a price is reported once, by a warning that names it,
 //! and its tasks are counted as unknown ([`Billing::unknown_price_tasks`]);
 //! their ledger lines say `"cost_usd": null` and `"price_known": false`.
+//! Under a budget such a task is denied, since what it would spend could
+//! not be counted: add its price under `[billing.prices]`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use deputy_registry::{
     HookError, Registry, StartDecision, SubagentStartEvent, SubagentStartHook, SubagentStopEvent,
-    SubagentStopHook, TaskFilter, TaskId, TaskStatus, WeakRegistry,
+    SubagentStopHook, TaskId, TaskLabels, TaskStatus, WeakRegistry,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -31,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::HookConfigError;
 use crate::jsonl::{self, JsonlFile};
 use crate::payload::{millis, rfc3339};
-use crate::price::PriceTable;
+use crate::price::{PriceLookup, PriceTable};
 
 /// One line of the ledger: a stopped task and what it cost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,6 +188,7 @@ impl BillingBuilder {
             agent_budgets: self.agent_budgets,
             state: Mutex::new(BillingState {
                 spend,
+                open: HashMap::new(),
                 unknown_models: HashSet::new(),
                 unknown_price_tasks: 0,
             }),
@@ -213,8 +224,18 @@ pub struct Billing {
 #[derive(Debug)]
 struct BillingState {
     spend: Spend,
+    /// Tasks allowed to start and not yet billed, whatever their status:
+    /// a task that has ended but whose stop hook has not run yet still
+    /// counts, through its live usage.
+    open: HashMap<TaskId, OpenTask>,
     unknown_models: HashSet<String>,
     unknown_price_tasks: u64,
+}
+
+#[derive(Debug, Clone)]
+struct OpenTask {
+    agent: Arc<str>,
+    labels: TaskLabels,
 }
 
 #[derive(Debug, Default)]
@@ -243,7 +264,7 @@ impl Billing {
     }
 
     /// Lets budget checks count what running tasks have spent so far. Without
-    /// it only finished tasks count.
+    /// it only billed tasks count.
     pub fn attach(&self, registry: &Registry) {
         let _ = self.registry.set(registry.downgrade());
     }
@@ -279,19 +300,22 @@ impl Billing {
         self.ledger.as_ref().map(JsonlFile::path)
     }
 
-    /// What running tasks (all, and this agent's) have spent so far.
-    fn running_spend(&self, agent: &str, this_task: TaskId) -> (f64, f64) {
+    /// What tasks started but not yet billed (all, and `agent`'s) have
+    /// spent so far, read from the registry's live usage.
+    fn open_spend(&self, open: &[(TaskId, OpenTask)], agent: &str) -> (f64, f64) {
         let Some(registry) = self.registry.get().and_then(WeakRegistry::upgrade) else {
             return (0.0, 0.0);
         };
-        let running = registry.list(&TaskFilter::all().status(TaskStatus::Running));
         let mut total = 0.0;
         let mut mine = 0.0;
-        for task in running
-            .iter()
-            .filter(|task| task.id != this_task && !task.root)
-        {
-            let cost = self.prices.cost(&task.labels, &task.usage).unwrap_or(0.0);
+        for (id, task) in open {
+            let Some(snapshot) = registry.get(*id) else {
+                continue;
+            };
+            let cost = self
+                .prices
+                .cost(&task.labels, &snapshot.usage)
+                .unwrap_or(0.0);
             total += cost;
             if &*task.agent == agent {
                 mine += cost;
@@ -337,35 +361,61 @@ impl SubagentStartHook for Billing {
         &self,
         event: &SubagentStartEvent,
     ) -> Result<StartDecision, HookError> {
-        let agent_budget = self.agent_budgets.get(&*event.task.agent).copied();
+        let task = &event.task;
+        let agent_budget = self.agent_budgets.get(&*task.agent).copied();
         if self.budget.is_none() && agent_budget.is_none() {
             return Ok(StartDecision::Allow);
         }
-        let (running_total, running_mine) = self.running_spend(&event.task.agent, event.task.id);
-        let (spent_total, spent_mine) = {
+        let provider = task.labels.provider.as_deref();
+        let model = task.labels.model.as_deref();
+        if self.prices.lookup(provider, model) == PriceLookup::Unknown {
+            // Running it would spend an unknown amount against the budget.
+            return Ok(StartDecision::Deny {
+                reason: format!(
+                    "budget cannot be checked: model {} of provider {} has no price; add it under [billing.prices]",
+                    model.unwrap_or("(none)"),
+                    provider.unwrap_or("(none)")
+                ),
+            });
+        }
+        // One look at the state, so no task is counted both as spent and
+        // as open, or as neither.
+        let (spent_total, spent_mine, open) = {
             let state = self.state.lock();
             let mine = state
                 .spend
                 .by_agent
-                .get(&*event.task.agent)
+                .get(&*task.agent)
                 .copied()
                 .unwrap_or(0.0);
-            (state.spend.total, mine)
+            let open: Vec<(TaskId, OpenTask)> = state
+                .open
+                .iter()
+                .map(|(id, open)| (*id, open.clone()))
+                .collect();
+            (state.spend.total, mine, open)
         };
+        let (open_total, open_mine) = self.open_spend(&open, &task.agent);
         let denial = self
             .budget
-            .and_then(|budget| exhausted("budget", spent_total, running_total, budget))
+            .and_then(|budget| exhausted("budget", spent_total, open_total, budget))
             .or_else(|| {
                 agent_budget.and_then(|budget| {
-                    let scope = format!("budget of agent {}", event.task.agent);
-                    exhausted(&scope, spent_mine, running_mine, budget)
+                    let scope = format!("budget of agent {}", task.agent);
+                    exhausted(&scope, spent_mine, open_mine, budget)
                 })
             });
-        Ok(
-            denial.map_or(StartDecision::Allow, |reason| StartDecision::Deny {
-                reason,
-            }),
-        )
+        if let Some(reason) = denial {
+            return Ok(StartDecision::Deny { reason });
+        }
+        self.state.lock().open.insert(
+            task.id,
+            OpenTask {
+                agent: task.agent.clone(),
+                labels: task.labels.clone(),
+            },
+        );
+        Ok(StartDecision::Allow)
     }
 }
 
@@ -380,6 +430,7 @@ impl SubagentStopHook for Billing {
         let cost = self.prices.cost(&task.labels, &event.usage);
         {
             let mut state = self.state.lock();
+            state.open.remove(&task.id);
             match cost {
                 Some(cost) => state.spend.add(&task.agent, cost),
                 None => {

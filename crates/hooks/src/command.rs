@@ -77,7 +77,7 @@ pub enum CommandLine {
 /// let hooks = HookStack::new().with_start(Arc::new(gate));
 /// # drop(hooks);
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CommandHook {
     name: String,
     command: CommandLine,
@@ -87,6 +87,21 @@ pub struct CommandHook {
     cwd: Option<PathBuf>,
     session_id: String,
     prices: PriceTable,
+}
+
+impl std::fmt::Debug for CommandHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Variable values may be secrets passed through for the hook: names only.
+        let env: Vec<&str> = self.env.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("CommandHook")
+            .field("name", &self.name)
+            .field("command", &self.command)
+            .field("matcher", &self.matcher.as_ref().map(Regex::as_str))
+            .field("timeout", &self.timeout)
+            .field("env", &env)
+            .field("cwd", &self.cwd)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CommandHook {
@@ -254,14 +269,23 @@ impl CommandHook {
         let mut err = Vec::new();
 
         let running = async {
-            let waited = tokio::time::timeout(self.timeout, async {
+            // The input is fed while the exit is awaited, not before it: a
+            // hook that exits without reading a large event (while a child
+            // keeps the pipe open) must not be held up by the write.
+            let feed = async {
                 if let Some(mut stdin) = stdin {
                     // A hook that ignores its input closes the pipe early:
                     // not an error.
                     let _ = stdin.write_all(&input).await;
                     drop(stdin);
                 }
-                child.wait().await
+                std::future::pending::<std::convert::Infallible>().await
+            };
+            let waited = tokio::time::timeout(self.timeout, async {
+                tokio::select! {
+                    status = child.wait() => status,
+                    never = feed => match never {},
+                }
             })
             .await;
             // Whatever the hook left behind in its group goes with it, which
@@ -407,7 +431,7 @@ impl SubagentStartHook for CommandHook {
     }
 
     fn timeout(&self) -> Duration {
-        self.timeout + REGISTRY_MARGIN
+        self.timeout.saturating_add(REGISTRY_MARGIN)
     }
 
     async fn on_subagent_start(
@@ -443,7 +467,7 @@ impl SubagentStopHook for CommandHook {
     }
 
     fn timeout(&self) -> Duration {
-        self.timeout + REGISTRY_MARGIN
+        self.timeout.saturating_add(REGISTRY_MARGIN)
     }
 
     async fn on_subagent_stop(&self, event: &SubagentStopEvent) -> Result<(), HookError> {

@@ -23,7 +23,7 @@ use crate::payload::new_session_id;
 use crate::price::{ModelPrice, PriceTable};
 use crate::webhook::{
     DEFAULT_WEBHOOK_CONCURRENCY, DEFAULT_WEBHOOK_QUEUE, DEFAULT_WEBHOOK_RETRIES,
-    DEFAULT_WEBHOOK_TIMEOUT, Webhook,
+    DEFAULT_WEBHOOK_TIMEOUT, Webhook, redact_url_text,
 };
 
 /// The `[hooks]` section as written.
@@ -62,6 +62,48 @@ pub enum RawCommand {
     Line(String),
 }
 
+/// A webhook URL from config; `Debug` shows only its scheme, host and first
+/// path segment, since the rest may carry a token.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct HookUrl(String);
+
+impl HookUrl {
+    /// The URL as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for HookUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url_text(&self.0))
+    }
+}
+
+/// Variables for a command hook; `Debug` shows their names only.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct EnvVars(BTreeMap<String, String>);
+
+impl EnvVars {
+    /// Name and value pairs, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for EnvVars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
 /// One `[[hooks.SubagentStart]]` or `[[hooks.SubagentStop]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,14 +121,14 @@ pub struct RawHookEntry {
     pub shell: bool,
     /// Command hooks: variables set in the program's environment.
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: EnvVars,
     /// Command hooks: host variables passed through by name.
     #[serde(default)]
     pub pass_env: Vec<String>,
     /// Command hooks: working directory (default: the config file's).
     pub cwd: Option<PathBuf>,
     /// Webhooks: the URL.
-    pub url: Option<String>,
+    pub url: Option<HookUrl>,
     /// Time limit in milliseconds (command default 60 000, webhook request
     /// default 10 000).
     pub timeout_ms: Option<u64>,
@@ -150,6 +192,13 @@ fn yes() -> bool {
     true
 }
 
+/// The longest time limit a hook may have: a hook that needs longer should
+/// hand its work off and return.
+const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// The most retries a webhook may have.
+const MAX_RETRIES: u32 = 10;
+
 /// A checked hook entry.
 #[derive(Debug, Clone)]
 pub struct HookEntry {
@@ -169,7 +218,7 @@ pub enum HookTarget {
         /// Argv or shell line.
         command: CommandLine,
         /// Variables set for it.
-        env: Vec<(String, String)>,
+        env: EnvVars,
         /// Host variables passed through.
         pass_env: Vec<String>,
         /// Its working directory, if set.
@@ -180,7 +229,7 @@ pub enum HookTarget {
     /// An HTTP POST.
     Webhook {
         /// The URL.
-        url: String,
+        url: HookUrl,
         /// Time limit of one request.
         timeout: Duration,
         /// Retries after the first attempt.
@@ -259,16 +308,18 @@ impl HooksSettings {
                 Some((audit.path.clone(), audit.sync))
             }
         });
+        // Prices apply even with billing off: metrics, command hooks and
+        // webhooks report cost too.
         let mut prices = PriceTable::builtin();
-        let billing = billing.filter(|billing| billing.enabled).map(|billing| {
-            for (model, price) in &billing.prices {
-                match price.invalid_field() {
-                    Some((field, value)) => problems.push(format!(
-                        "billing.prices.{model}.{field}: must be a non-negative number of dollars per million tokens, got {value}"
-                    )),
-                    None => prices.insert(model.clone(), *price),
-                }
+        for (model, price) in billing.iter().flat_map(|billing| &billing.prices) {
+            match price.invalid_field() {
+                Some((field, value)) => problems.push(format!(
+                    "billing.prices.{model}.{field}: must be a non-negative number of dollars per million tokens, got {value}"
+                )),
+                None => prices.insert(model.clone(), *price),
             }
+        }
+        let billing = billing.filter(|billing| billing.enabled).map(|billing| {
             let budgets = billing
                 .budget_usd
                 .map(|usd| ("budget_usd".to_owned(), usd))
@@ -323,6 +374,20 @@ impl HooksSettings {
     ) -> Result<HookSet, HookConfigError> {
         let session_id = session_id.map_or_else(new_session_id, str::to_owned);
         let mut problems = Vec::new();
+        let audit_path = self.audit.as_ref().map(|(path, _)| base_dir.join(path));
+        let ledger_path = self
+            .billing
+            .as_ref()
+            .and_then(|billing| billing.ledger.as_ref())
+            .map(|path| base_dir.join(path));
+        if let (Some(audit), Some(ledger)) = (&audit_path, &ledger_path)
+            && std::path::absolute(audit).ok() == std::path::absolute(ledger).ok()
+        {
+            return Err(HookConfigError::one(format!(
+                "hooks.audit.path and billing.ledger: both are {}; give each its own file",
+                audit.display()
+            )));
+        }
         let metrics = self
             .metrics
             .then(|| Arc::new(Metrics::with_prices(self.prices.clone())));
@@ -452,18 +517,24 @@ impl BuildContext<'_> {
                     CommandLine::Argv(argv) => CommandHook::new(argv.clone())?,
                     CommandLine::Shell(line) => CommandHook::shell(line.clone())?,
                 };
-                hook =
-                    hook.timeout(*timeout)
-                        .cwd(cwd.as_ref().map_or_else(
-                            || self.base_dir.to_owned(),
-                            |cwd| self.base_dir.join(cwd),
-                        ))
-                        .session_id(self.session_id)
-                        .prices(self.prices.clone());
+                let dir = cwd
+                    .as_ref()
+                    .map_or_else(|| self.base_dir.to_owned(), |cwd| self.base_dir.join(cwd));
+                if !dir.is_dir() {
+                    return Err(HookConfigError::one(format!(
+                        "cwd: {} is not a directory; create it or fix the path",
+                        dir.display()
+                    )));
+                }
+                hook = hook
+                    .timeout(*timeout)
+                    .cwd(dir)
+                    .session_id(self.session_id)
+                    .prices(self.prices.clone());
                 for name in pass_env {
                     hook = hook.pass_env(name);
                 }
-                for (name, value) in env {
+                for (name, value) in env.iter() {
                     hook = hook.env(name.clone(), value.clone());
                 }
                 if let Some(matcher) = &entry.matcher {
@@ -483,7 +554,7 @@ impl BuildContext<'_> {
                 queue,
                 concurrency,
             } => {
-                let mut builder = Webhook::builder(url.clone())
+                let mut builder = Webhook::builder(url.as_str())
                     .timeout(*timeout)
                     .retries(*retries)
                     .blocking(*blocking)
@@ -530,8 +601,21 @@ fn check_entries(
                 })
                 .ok()
         });
-        if raw.timeout_ms == Some(0) {
-            problems.push(format!("{}: must be at least 1, got 0", at("timeout_ms")));
+        match raw.timeout_ms {
+            Some(0) => problems.push(format!("{}: must be at least 1, got 0", at("timeout_ms"))),
+            Some(ms) if ms > MAX_TIMEOUT_MS => problems.push(format!(
+                "{}: must be at most {MAX_TIMEOUT_MS} (one hour), got {ms}",
+                at("timeout_ms")
+            )),
+            _ => {}
+        }
+        if let Some(retries) = raw.retries
+            && retries > MAX_RETRIES
+        {
+            problems.push(format!(
+                "{}: must be at most {MAX_RETRIES}, got {retries}",
+                at("retries")
+            ));
         }
         let not_for = |problems: &mut Vec<String>, present: bool, key: &str, kind: &str| {
             if present {
@@ -559,7 +643,7 @@ fn check_entries(
                     "blocking",
                     "command (a command start hook always waits)",
                 );
-                for name in raw.env.keys().chain(&raw.pass_env) {
+                for name in raw.env.iter().map(|(name, _)| name).chain(&raw.pass_env) {
                     if name.is_empty() || name.contains('=') {
                         problems.push(format!("{}: {name:?} is not a variable name", at("env")));
                     }
@@ -610,11 +694,7 @@ fn check_entries(
                 };
                 command.map(|command| HookTarget::Command {
                     command,
-                    env: raw
-                        .env
-                        .iter()
-                        .map(|(name, value)| (name.clone(), value.clone()))
-                        .collect(),
+                    env: raw.env.clone(),
                     pass_env: raw.pass_env.clone(),
                     cwd: raw.cwd.clone(),
                     timeout: raw
@@ -655,7 +735,7 @@ fn check_entries(
                         ));
                         None
                     }
-                    Some(url) => match reqwest::Url::parse(url) {
+                    Some(url) => match reqwest::Url::parse(url.as_str()) {
                         Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
                             Some(HookTarget::Webhook {
                                 url: url.clone(),

@@ -1,12 +1,13 @@
-//! An append-only JSON Lines file that a crash never leaves with a broken
-//! line.
+//! An append-only JSON Lines file whose lines stay whole.
 //!
 //! Each record is serialized in full, newline included, and written with a
-//! single `write` on a file opened in append mode, so a process killed
-//! between records leaves whole lines only. A torn tail (the machine lost
-//! power mid-write, or another program wrote half a line) is cut off when
-//! the file is opened again, with a warning, so every later line starts
-//! clean.
+//! single `write` on a file opened in append mode, under a lock, so lines
+//! from concurrent tasks never interleave. A process killed mid-write can
+//! leave only the line in flight cut short (the kernel checks for a fatal
+//! signal between pages), and only at the end of the file: readers skip a
+//! last line with no newline, and opening the file again cuts it off, with
+//! a warning, before anything is appended. A write that fails (a full disk)
+//! is taken back, so a later line never glues onto a partial one.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
@@ -78,18 +79,26 @@ impl JsonlFile {
 impl Inner {
     fn write_line(&self, line: &[u8]) -> io::Result<()> {
         let mut file = self.file.lock();
-        // One write call for the whole line: appends of a few kilobytes to a
-        // regular file are not split by a signal.
-        let written = file.write(line)?;
-        if written < line.len() {
-            // Short writes happen only when the disk is full; finish the
-            // line so the file stays line-aligned.
-            file.write_all(&line[written..])?;
+        let before = file.metadata()?.len();
+        let written = (|| {
+            // One write call for the whole line: appends of a few kilobytes
+            // to a regular file are not split by a signal.
+            let written = file.write(line)?;
+            if written < line.len() {
+                // Short writes happen when the disk is nearly full.
+                file.write_all(&line[written..])?;
+            }
+            if self.sync {
+                file.sync_data()?;
+            }
+            Ok(())
+        })();
+        if written.is_err() {
+            // Take back a partial line (the disk filled up mid-way), so the
+            // next line does not glue onto it.
+            let _ = file.set_len(before);
         }
-        if self.sync {
-            file.sync_data()?;
-        }
-        Ok(())
+        written
     }
 }
 
@@ -121,15 +130,18 @@ fn repair_tail(file: &mut File) -> io::Result<u64> {
     Ok(len)
 }
 
-/// Reads every whole line of a JSON Lines file as `T`, skipping none: a
-/// line that does not parse is an error naming its number.
+/// Reads every whole line of a JSON Lines file as `T`. An unfinished last
+/// line (being written right now) is left out; any other line that does not
+/// parse is an error naming its number.
 pub(crate) fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Vec<T>> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(error) => return Err(error),
     };
-    text.lines()
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    whole
+        .lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(index, line)| {
@@ -196,6 +208,14 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         JsonlFile::open(&path, false).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":1}\n");
+    }
+
+    #[test]
+    fn an_unfinished_last_line_is_left_out_when_reading() {
+        let path = temp_path("live.jsonl");
+        std::fs::write(&path, "{\"n\":1}\n{\"n\":2,\"pa").unwrap();
+        let values: Vec<serde_json::Value> = read_lines(&path).unwrap();
+        assert_eq!(values, [serde_json::json!({"n": 1})]);
     }
 
     #[test]

@@ -113,5 +113,6 @@ pub use payload::{EventPayload, StopFields};
 pub use price::{ModelPrice, PriceLookup, PriceTable};
 pub use webhook::{
     DEFAULT_WEBHOOK_CONCURRENCY, DEFAULT_WEBHOOK_QUEUE, DEFAULT_WEBHOOK_RETRIES,
-    DEFAULT_WEBHOOK_TIMEOUT, EVENT_HEADER, SIGNATURE_HEADER, Webhook, WebhookBuilder, signature,
+    DEFAULT_WEBHOOK_TIMEOUT, DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, Webhook,
+    WebhookBuilder, signature,
 };

@@ -19,7 +19,9 @@
 //! A labelled family appears once it has its first sample. The gauges are
 //! read from the registry at render time, once
 //! [`Metrics::attach`] has been called; hook failures are counted from the
-//! registry's events.
+//! registry's events (a reader that falls more than the event channel's
+//! capacity behind logs how many it missed; `RegistryStats::hook_failures`
+//! keeps the exact total).
 
 use std::sync::OnceLock;
 

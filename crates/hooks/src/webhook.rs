@@ -16,7 +16,10 @@
 //! * A start webhook with `blocking` is called in line and may deny with the
 //!   same JSON a command hook prints (`{"decision":"deny","reason":...}`); a
 //!   webhook that cannot be reached does not block the task.
-//! * Every request also carries `X-Deputy-Event: SubagentStart|SubagentStop`.
+//! * Every request also carries `X-Deputy-Event: SubagentStart|SubagentStop`
+//!   and `X-Deputy-Delivery: <id>`, the same id on every retry of one event,
+//!   so a receiver can drop a duplicate (a request that timed out may have
+//!   been processed). Redirects are not followed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -43,6 +46,9 @@ use crate::reply::parse_reply;
 pub const SIGNATURE_HEADER: &str = "x-deputy-signature-256";
 /// The event-name header.
 pub const EVENT_HEADER: &str = "x-deputy-event";
+/// A delivery id, the same on every retry of one event, so a receiver can
+/// drop duplicates (a retried request may have been processed already).
+pub const DELIVERY_HEADER: &str = "x-deputy-delivery";
 
 /// Default time limit of one request.
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,7 +87,6 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 }
 
 /// Builds a [`Webhook`].
-#[derive(Debug)]
 pub struct WebhookBuilder {
     url: String,
     name: Option<String>,
@@ -98,6 +103,21 @@ pub struct WebhookBuilder {
     session_id: Option<String>,
     prices: Option<PriceTable>,
     metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for WebhookBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookBuilder")
+            .field("url", &redact_url_text(&self.url))
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("signed", &self.secret.is_some())
+            .field("blocking", &self.blocking)
+            .field("queue", &self.queue)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
 }
 
 impl WebhookBuilder {
@@ -235,6 +255,9 @@ impl WebhookBuilder {
         }
         let client = reqwest::Client::builder()
             .timeout(self.timeout)
+            // A redirect would turn the POST into a bodiless GET that looks
+            // delivered; a moved receiver is a configuration error instead.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|error| problems.push(format!("cannot build the HTTP client: {error}")))
             .ok();
@@ -341,6 +364,7 @@ impl std::fmt::Debug for Inner {
 #[derive(Debug)]
 struct Job {
     event: HookEventName,
+    delivery: String,
     body: Vec<u8>,
 }
 
@@ -413,19 +437,33 @@ impl Webhook {
     /// Queues an event; drops it, counted, when the queue is full.
     fn enqueue(&self, event: HookEventName, body: Vec<u8>) {
         self.inner.pending.fetch_add(1, Ordering::AcqRel);
-        if self.queue.try_send(Job { event, body }).is_err() {
-            self.inner.finish_job();
-            let dropped = self.inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::warn!(
-                hook = %self.inner.name,
-                url = %self.inner.shown_url,
-                event = event.as_str(),
-                dropped,
+        let job = Job {
+            event,
+            delivery: new_session_id(),
+            body,
+        };
+        let Err(error) = self.queue.try_send(job) else {
+            return;
+        };
+        self.inner.finish_job();
+        let dropped = self.inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let why = match error {
+            mpsc::error::TrySendError::Full(_) => {
                 "webhook queue is full: event dropped (raise `queue` or speed up the receiver)"
-            );
-            if let Some(metrics) = &self.inner.metrics {
-                metrics.record_hook_failure(&self.inner.name, event);
             }
+            mpsc::error::TrySendError::Closed(_) => {
+                "webhook delivery has stopped (its runtime ended): event dropped"
+            }
+        };
+        tracing::warn!(
+            hook = %self.inner.name,
+            url = %self.inner.shown_url,
+            event = event.as_str(),
+            dropped,
+            "{why}"
+        );
+        if let Some(metrics) = &self.inner.metrics {
+            metrics.record_hook_failure(&self.inner.name, event);
         }
     }
 }
@@ -433,7 +471,12 @@ impl Webhook {
 impl Inner {
     /// Posts `body`, retrying as the module docs say; returns the answer's
     /// body on success.
-    async fn post(&self, event: HookEventName, body: &[u8]) -> Result<String, String> {
+    async fn post(
+        &self,
+        event: HookEventName,
+        delivery: &str,
+        body: &[u8],
+    ) -> Result<String, String> {
         let attempts = self.retries.saturating_add(1);
         let mut last_problem = String::new();
         for attempt in 1..=attempts {
@@ -442,6 +485,7 @@ impl Inner {
                 .post(self.url.clone())
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .header(EVENT_HEADER, event.as_str())
+                .header(DELIVERY_HEADER, delivery)
                 .body(body.to_vec());
             if let Some(signer) = &self.signer {
                 request = request.header(SIGNATURE_HEADER, signer.sign(body));
@@ -496,7 +540,7 @@ async fn deliver_queued(inner: Arc<Inner>, mut jobs: mpsc::Receiver<Job>, concur
         };
         let inner = Arc::clone(&inner);
         tokio::spawn(async move {
-            match inner.post(job.event, &job.body).await {
+            match inner.post(job.event, &job.delivery, &job.body).await {
                 Ok(_) => {
                     inner.delivered.fetch_add(1, Ordering::Relaxed);
                 }
@@ -519,24 +563,48 @@ async fn deliver_queued(inner: Arc<Inner>, mut jobs: mpsc::Receiver<Job>, concur
     }
 }
 
-/// `scheme://host[:port]/path`, without user info or query.
-fn display_url(url: &reqwest::Url) -> String {
+/// `scheme://host[:port]/first-segment/…`: enough to tell receivers apart,
+/// without user info, query or the rest of the path, where services such
+/// as Slack put their tokens.
+pub(crate) fn display_url(url: &reqwest::Url) -> String {
     let mut shown = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
     if let Some(port) = url.port() {
         shown.push_str(&format!(":{port}"));
     }
-    shown.push_str(url.path());
+    let mut segments = url
+        .path_segments()
+        .into_iter()
+        .flatten()
+        .filter(|segment| !segment.is_empty());
+    if let Some(first) = segments.next() {
+        shown.push('/');
+        shown.push_str(first);
+        if segments.next().is_some() {
+            shown.push_str("/…");
+        }
+    }
     shown
 }
 
-/// Text that did not parse as a URL, without anything after `?` or before
-/// `@`, which could be a secret.
-fn redact_url_text(text: &str) -> String {
-    let text = text.split('?').next().unwrap_or("");
-    match text.rsplit_once('@') {
-        Some((_, host)) => format!("<redacted>@{host}"),
-        None => text.to_owned(),
+/// A URL given as text, shown like [`display_url`]; text that is not a
+/// URL keeps only its scheme and host, without user info.
+pub(crate) fn redact_url_text(text: &str) -> String {
+    if let Ok(url) = reqwest::Url::parse(text) {
+        return display_url(&url);
     }
+    let text = text.split(['?', '#']).next().unwrap_or("");
+    let (scheme, rest) = text.split_once("://").unwrap_or(("", text));
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let prefix = if scheme.is_empty() {
+        String::new()
+    } else {
+        format!("{scheme}://")
+    };
+    let tail = if path.is_empty() { "" } else { "/…" };
+    format!("{prefix}{host}{tail}")
 }
 
 #[async_trait]
@@ -548,9 +616,11 @@ impl SubagentStartHook for Webhook {
     fn timeout(&self) -> Duration {
         // Every attempt, every backoff, and a margin.
         let attempts = self.inner.retries.saturating_add(1);
-        self.inner.timeout.saturating_mul(attempts)
-            + self.inner.max_backoff.saturating_mul(self.inner.retries)
-            + Duration::from_secs(5)
+        self.inner
+            .timeout
+            .saturating_mul(attempts)
+            .saturating_add(self.inner.max_backoff.saturating_mul(self.inner.retries))
+            .saturating_add(Duration::from_secs(5))
     }
 
     async fn on_subagent_start(
@@ -567,7 +637,7 @@ impl SubagentStartHook for Webhook {
         }
         let answer = self
             .inner
-            .post(HookEventName::SubagentStart, &body)
+            .post(HookEventName::SubagentStart, &new_session_id(), &body)
             .await
             .map_err(HookError::msg)?;
         parse_reply(&answer, &self.inner.name)
@@ -599,9 +669,13 @@ mod tests {
         let url =
             reqwest::Url::parse("https://user:pw@hooks.example.com:8443/in?token=abc").unwrap();
         assert_eq!(display_url(&url), "https://hooks.example.com:8443/in");
+        let slack =
+            reqwest::Url::parse("https://hooks.slack.com/services/T0/B0/XXXXSECRET").unwrap();
+        assert_eq!(display_url(&slack), "https://hooks.slack.com/services/…");
+        assert_eq!(redact_url_text("ht!tp://me:pw@x/y?token=1"), "ht!tp://x/…");
         assert_eq!(
-            redact_url_text("ht!tp://me:pw@x/y?token=1"),
-            "<redacted>@x/y"
+            redact_url_text("https://me:pw@host/a/b?t=1"),
+            "https://host/a/…"
         );
     }
 

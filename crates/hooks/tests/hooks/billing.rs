@@ -373,6 +373,14 @@ async fn ledger_writer_child_process() {
 fn ledger_lines_survive_a_process_killed_mid_run() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("ledger.jsonl");
+    /// Kills the writer however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -383,6 +391,7 @@ fn ledger_lines_survive_a_process_killed_mid_run() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
+        .map(Killed)
         .unwrap();
     // Let it write a few hundred lines, then kill it without warning.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -395,16 +404,126 @@ fn ledger_lines_survive_a_process_killed_mid_run() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
 
+    // The kernel may stop a write at a page boundary when the process is
+    // killed, so only the line being written at that instant can be cut:
+    // it is the tail after the last newline. Every line before it is whole.
     let bytes = std::fs::read(&ledger).unwrap();
-    assert_eq!(bytes.last(), Some(&b'\n'), "the ledger ends mid-line");
+    let whole = bytes
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |end| end + 1);
+    let newlines = bytes.iter().filter(|&&b| b == b'\n').count();
     let lines = LedgerEntry::read_all(&ledger).unwrap();
     assert!(lines.len() >= 300);
-    // And a new host reads it all back.
+    assert_eq!(lines.len(), newlines, "every whole line parses");
+
+    // A new host cuts the cut line off before appending and reads the rest
+    // back.
     let billing = Billing::builder().ledger(&ledger).build().unwrap();
+    let repaired = std::fs::read(&ledger).unwrap();
+    assert_eq!(repaired.len(), whole);
+    assert!(repaired.is_empty() || repaired.ends_with(b"\n"));
     let expected: f64 = lines.iter().map(|line| line.cost_usd.unwrap()).sum();
     assert!(expected > 0.0);
     assert!((billing.spent() - expected).abs() < 1e-9);
+}
+
+/// A stop hook that holds its task's stop phase until released.
+struct Gate(tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>);
+
+#[async_trait::async_trait]
+impl deputy_registry::SubagentStopHook for Gate {
+    async fn on_subagent_stop(
+        &self,
+        _: &deputy_registry::SubagentStopEvent,
+    ) -> Result<(), deputy_registry::HookError> {
+        if let Some(release) = self.0.lock().await.take() {
+            let _ = release.await;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_ended_task_not_yet_billed_still_counts_against_the_budget() {
+    let billing = Arc::new(
+        Billing::builder()
+            .prices(house_prices())
+            .budget(5.0)
+            .build()
+            .unwrap(),
+    );
+    let (release, released) = tokio::sync::oneshot::channel();
+    let gate = Arc::new(Gate(tokio::sync::Mutex::new(Some(released))));
+    // The gate runs before billing's stop hook, so the first task ends and
+    // hands on its slot while its cost is not yet in the spend.
+    let registry = registry(
+        HookStack::new()
+            .with_start(billing.clone())
+            .with_stop(gate)
+            .with_stop(billing.clone()),
+        4,
+    );
+    billing.attach(&registry);
+
+    let first = run(
+        &registry,
+        "researcher",
+        "openai",
+        "house-model",
+        Work::Complete(usage(6_000_000, 0)),
+    )
+    .await;
+    assert_eq!(first.status, TaskStatus::Completed);
+    assert_eq!(billing.spent(), 0.0, "not billed yet");
+
+    let second = run(
+        &registry,
+        "researcher",
+        "openai",
+        "house-model",
+        Work::Complete(usage(1, 0)),
+    )
+    .await;
+    assert_eq!(second.status, TaskStatus::Failed);
+    let message = second.failure.unwrap().message;
+    assert!(
+        message.contains("budget exhausted: $0.00 spent and $6.00 in running tasks, of $5.00"),
+        "{message}"
+    );
+    release.send(()).unwrap();
+    registry.shutdown(Duration::from_secs(10)).await;
+    assert!((billing.spent() - 6.0).abs() < 1e-9);
+}
+
+#[tokio::test]
+async fn under_a_budget_a_model_without_a_price_is_denied() {
+    let billing = Arc::new(Billing::builder().budget(5.0).build().unwrap());
+    let registry = registry(HookStack::new().with_both(billing.clone()), 4);
+    let task = run(
+        &registry,
+        "researcher",
+        "openai",
+        "brand-new-model",
+        Work::Complete(usage(1, 0)),
+    )
+    .await;
+    let message = task.failure.unwrap().message;
+    assert!(
+        message.contains("budget cannot be checked: model brand-new-model of provider openai has no price; add it under [billing.prices]"),
+        "{message}"
+    );
+    // Local models are free, so they run.
+    let local = run(
+        &registry,
+        "researcher",
+        "ollama",
+        "llama3.2",
+        Work::Complete(usage(1, 0)),
+    )
+    .await;
+    assert_eq!(local.status, TaskStatus::Completed);
 }

@@ -98,14 +98,14 @@ async fn a_hook_past_its_limit_is_killed_with_its_children() {
     );
     let hook = CommandHook::new([script(dir.path(), "hang.sh", &body)])
         .unwrap()
-        .timeout(Duration::from_millis(500));
+        .timeout(Duration::from_secs(3));
     let error = hook
         .on_subagent_start(&start_event("researcher"))
         .await
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("ran past its 500 ms time limit and was killed"),
+        error.contains("ran past its 3000 ms time limit and was killed"),
         "{error}"
     );
     let pids: Vec<i32> = std::fs::read_to_string(&pids)
@@ -368,5 +368,27 @@ async fn the_readme_hook_script_gates_starts_and_keeps_a_cost_sheet() {
     assert_eq!(
         sheet.trim_end(),
         format!("{id},researcher,gpt-4o,completed,2.5")
+    );
+}
+
+#[tokio::test]
+async fn a_hook_that_exits_without_reading_a_large_event_is_not_held_up() {
+    let dir = tempfile::tempdir().unwrap();
+    // The child keeps stdin open and reads nothing, so a writer that waited
+    // for the whole event to go in would wait until the time limit.
+    let hook = CommandHook::new([script(
+        dir.path(),
+        "deny.sh",
+        "sleep 600 <&0 & echo 'too big' >&2; exit 2",
+    )])
+    .unwrap()
+    .timeout(Duration::from_secs(20));
+    let mut event = start_event("researcher");
+    event.task.text = "x".repeat(1 << 20).into();
+    assert_eq!(
+        hook.on_subagent_start(&event).await.unwrap(),
+        StartDecision::Deny {
+            reason: "too big".into()
+        }
     );
 }

@@ -194,3 +194,142 @@ async fn an_unopenable_file_is_an_error_naming_it() {
     );
     assert!(error.contains("missing-dir/audit.jsonl"), "{error}");
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_first_deny_wins_and_stop_hooks_still_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = check(
+        r#"
+[hooks.audit]
+path = "audit.jsonl"
+
+[billing]
+budget_usd = 0.0
+
+[[hooks.SubagentStart]]
+kind = "command"
+shell = true
+command = "touch started-marker"
+
+[[hooks.SubagentStop]]
+kind = "command"
+shell = true
+command = "touch stopped-marker"
+"#,
+    )
+    .unwrap();
+    let set = settings.build(dir.path(), None).unwrap();
+    let registry = crate::support::registry(set.stack(), 2);
+    let task = crate::support::run(
+        &registry,
+        "researcher",
+        "openai",
+        "gpt-4o",
+        crate::support::Work::Complete(crate::support::usage(1, 1)),
+    )
+    .await;
+    registry.shutdown(std::time::Duration::from_secs(10)).await;
+
+    // Billing runs before the configured start hooks and denied: the
+    // command start hook never ran, the audit saw the start, and every
+    // stop hook ran.
+    let failure = task.failure.unwrap();
+    assert!(
+        failure
+            .message
+            .contains("budget exhausted: $0.00 of $0.00 spent"),
+        "{failure:?}"
+    );
+    assert!(!dir.path().join("started-marker").exists());
+    assert!(dir.path().join("stopped-marker").exists());
+    let audit = deputy_hooks::AuditLog::read_all(&dir.path().join("audit.jsonl")).unwrap();
+    let names: Vec<&str> = audit
+        .iter()
+        .map(|line| line["hook_event_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["SubagentStart", "SubagentStop"]);
+}
+
+#[test]
+fn limits_have_ceilings() {
+    let error = check(
+        "[[hooks.SubagentStop]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/x\"\nretries = 50\ntimeout_ms = 99999999\n",
+    )
+    .unwrap_err();
+    assert!(
+        error.contains("hooks.SubagentStop[0].retries: must be at most 10, got 50"),
+        "{error}"
+    );
+    assert!(
+        error.contains(
+            "hooks.SubagentStop[0].timeout_ms: must be at most 3600000 (one hour), got 99999999"
+        ),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn the_audit_log_and_the_ledger_cannot_share_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings =
+        check("[hooks.audit]\npath = \"./events.jsonl\"\n\n[billing]\nledger = \"events.jsonl\"\n")
+            .unwrap();
+    let error = settings.build(dir.path(), None).unwrap_err().to_string();
+    assert!(
+        error.starts_with("hooks.audit.path and billing.ledger: both are"),
+        "{error}"
+    );
+    assert!(error.contains("give each its own file"), "{error}");
+}
+
+#[tokio::test]
+async fn a_missing_working_directory_is_reported_when_building() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = check(
+        "[[hooks.SubagentStop]]\nkind = \"command\"\ncommand = [\"true\"]\ncwd = \"nowhere\"\n",
+    )
+    .unwrap();
+    let error = settings.build(dir.path(), None).unwrap_err().to_string();
+    assert!(error.starts_with("hooks.SubagentStop[0].cwd: "), "{error}");
+    assert!(error.contains("nowhere is not a directory"), "{error}");
+}
+
+#[test]
+fn prices_apply_with_billing_off() {
+    let settings =
+        check("[billing]\nenabled = false\nprices.\"house\" = { input = 1.0, output = 1.0 }\n")
+            .unwrap();
+    assert!(settings.billing.is_none());
+    assert!(matches!(
+        settings.prices.lookup(None, Some("house")),
+        deputy_hooks::PriceLookup::Known(_)
+    ));
+}
+
+#[test]
+fn debug_output_hides_url_tokens_and_variable_values() {
+    let file = parse(
+        r#"
+[[hooks.SubagentStart]]
+kind = "command"
+command = ["./gate"]
+env = { API_TOKEN = "tok-123" }
+
+[[hooks.SubagentStop]]
+kind = "webhook"
+url = "https://user:pw@hooks.slack.com/services/T0/B0/SECRETPART?key=abc"
+"#,
+    );
+    let settings = HooksSettings::from_raw(&file.hooks, None).unwrap();
+    for debug in [format!("{:?}", file.hooks), format!("{settings:?}")] {
+        for secret in ["tok-123", "SECRETPART", "abc", "pw"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("API_TOKEN"), "{debug}");
+        assert!(
+            debug.contains("https://hooks.slack.com/services/…"),
+            "{debug}"
+        );
+    }
+}

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deputy_hooks::{
-    EVENT_HEADER, Metrics, SIGNATURE_HEADER, SubagentStartHook as _, SubagentStopHook as _,
-    Webhook, WebhookBuilder, signature,
+    DELIVERY_HEADER, EVENT_HEADER, Metrics, SIGNATURE_HEADER, SubagentStartHook as _,
+    SubagentStopHook as _, Webhook, WebhookBuilder, signature,
 };
 use deputy_registry::StartDecision;
 use wiremock::matchers::{method, path};
@@ -48,8 +48,20 @@ async fn a_500_is_retried_until_it_goes_through() {
     let webhook = fast(&server).retries(3).build().unwrap();
     stop(&webhook).await;
     assert_eq!(webhook.flush(Duration::from_secs(10)).await, 0);
-    assert_eq!(server.received_requests().await.unwrap().len(), 3);
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 3);
     assert_eq!((webhook.delivered(), webhook.failed()), (1, 0));
+    // Every retry carries the same delivery id, so the receiver can dedupe.
+    let ids: Vec<_> = requests
+        .iter()
+        .map(|request| request.headers.get(DELIVERY_HEADER).unwrap().clone())
+        .collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    // A second event gets a new id.
+    stop(&webhook).await;
+    webhook.flush(Duration::from_secs(10)).await;
+    let requests = server.received_requests().await.unwrap();
+    assert_ne!(requests[3].headers.get(DELIVERY_HEADER).unwrap(), &ids[0]);
 }
 
 #[tokio::test]
@@ -269,4 +281,18 @@ fn bad_settings_are_all_listed() {
         problems.contains("DEPUTY_TEST_SURELY_UNSET_SECRET is unset"),
         "{problems}"
     );
+}
+
+#[tokio::test]
+async fn a_redirect_is_not_followed_or_counted_as_delivered() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", "/elsewhere"))
+        .mount(&server)
+        .await;
+    let webhook = fast(&server).build().unwrap();
+    stop(&webhook).await;
+    webhook.flush(Duration::from_secs(10)).await;
+    assert_eq!((webhook.delivered(), webhook.failed()), (0, 1));
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
 }
