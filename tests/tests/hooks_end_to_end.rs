@@ -18,7 +18,9 @@ use deputy_agent::{Agent, Runtime};
 use deputy_hooks::{
     AuditLog, HookSet, HooksSettings, LedgerEntry, RawBillingConfig, RawHooksConfig,
 };
-use deputy_providers::ScriptedProvider;
+use deputy_providers::{
+    ChatRequest, ChatResponse, ChatStream, Provider, ProviderError, ProviderKind, ScriptedProvider,
+};
 use deputy_registry::{FailureKind, TaskStatus};
 use serde::Deserialize;
 
@@ -53,11 +55,40 @@ output = 2000.0
         .unwrap()
 }
 
+/// The scripted demo, reporting itself as a hosted backend so that its
+/// tasks are billed (a `scripted` backend is free).
+#[derive(Debug)]
+struct Hosted(ScriptedProvider);
+
+#[async_trait::async_trait]
+impl Provider for Hosted {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Openai
+    }
+
+    fn default_model(&self) -> &str {
+        self.0.default_model()
+    }
+
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+        self.0.chat(request).await
+    }
+
+    async fn chat_stream(&self, request: &ChatRequest) -> Result<ChatStream, ProviderError> {
+        self.0.chat_stream(request).await
+    }
+}
+
 fn runtime(hooks: &HookSet) -> Runtime {
-    // A provider that is not local, with a priced model, so tasks cost money.
-    let lead = Arc::new(ScriptedProvider::demo("house"));
-    let research =
-        Arc::new(ScriptedProvider::demo("house").with_latency(Duration::from_millis(200)));
+    // A hosted backend with a priced model, so tasks cost money.
+    let lead = Arc::new(Hosted(ScriptedProvider::demo("house")));
+    let research = Arc::new(Hosted(
+        ScriptedProvider::demo("house").with_latency(Duration::from_millis(200)),
+    ));
     let runtime = Runtime::builder()
         .hooks(hooks.stack())
         .agent(
@@ -122,7 +153,10 @@ async fn a_run_is_audited_billed_and_counted() {
         let expected = (task.usage.input_tokens as f64 * 1000.0
             + task.usage.output_tokens as f64 * 2000.0)
             / 1e6;
-        assert!((line.cost_usd.unwrap() - expected).abs() < 1e-9);
+        assert!(
+            (line.cost_usd.unwrap() - expected).abs() < 1e-9,
+            "{line:?} {expected}"
+        );
         billed += expected;
     }
     assert!(billed > 0.0);

@@ -92,6 +92,7 @@ impl RuntimeInner {
 pub(crate) fn spec_for(agent: &Agent, task: String) -> TaskSpec {
     let mut spec = TaskSpec::new(agent.name.clone(), task)
         .provider(agent.provider.name())
+        .provider_kind(agent.provider.kind().as_str())
         .model(agent.model());
     if let Some(limit) = agent.time_limit {
         spec = spec.time_limit(limit);

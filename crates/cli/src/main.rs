@@ -1,22 +1,31 @@
 //! `deputy`: run LLM sub-agents in the background.
 //!
-//! Today the binary has two offline commands: `deputy run "<prompt>"` runs an
-//! orchestrator with background researchers on the built-in `scripted`
-//! provider and shows the run as it happens, and `deputy demo` drives the
-//! registry alone under a small cap. Config files, `chat`, `serve` and live
-//! reload arrive with the CLI issue.
+//! The binary wires every crate from one TOML file (see
+//! `config.toml.example`): `deputy run` runs one orchestration, `deputy
+//! config check` and `deputy config example` help write the file, and
+//! `deputy demo` drives the registry alone. With no config file at all,
+//! `deputy run` uses the built-in offline config on the `scripted`
+//! provider and says so.
+//!
+//! Exit codes: 0 success, 1 a failed run, 2 bad usage or config.
+
+mod config;
+mod config_cmd;
+mod demo;
+mod exit;
+mod run_cmd;
+mod toml_error;
+mod wiring;
 
 use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use deputy_agent::{Agent, RunEvent, Runtime};
-use deputy_providers::ScriptedProvider;
-use deputy_registry::{
-    Registry, RegistryEvent, SettingsHandle, SubagentSettings, TaskSpec, TaskStatus,
-};
-use futures::StreamExt as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{CONFIG_ENV, Config, DEFAULT_FILE};
+use crate::exit::CliError;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,24 +34,48 @@ use futures::StreamExt as _;
     about = "Run LLM sub-agents in the background"
 )]
 struct Cli {
+    /// The config file (default: ./deputy.toml, then the file named by
+    /// DEPUTY_CONFIG; with neither, the built-in offline config).
+    #[arg(short, long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// More logging on stderr: -v for info, -vv for debug (RUST_LOG
+    /// overrides).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// How log lines look.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run an orchestrator that delegates to background researchers, on the
-    /// offline `scripted` provider, and show every step.
+    /// Run one orchestration: the answer streams to stdout, sub-agent
+    /// progress and a summary (tasks, tokens, cost, time) go to stderr.
     Run {
-        /// What to ask the orchestrator ("Compare Go and Rust" gives one
-        /// researcher per topic).
+        /// What to ask the orchestrator.
         prompt: String,
-        /// How many sub-agents may run at once.
-        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
-        cap: u16,
-        /// Simulated model latency of each researcher call, in milliseconds.
-        #[arg(long, default_value_t = 300)]
-        latency_ms: u64,
+        /// The agent that orchestrates (default: `[agent] name`).
+        #[arg(long, value_name = "NAME")]
+        agent: Option<String>,
+        /// Print one JSON document (answer, report, cost) instead of
+        /// streaming the answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check or start a config file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Launch simulated background tasks through the registry and show the
     /// cap, the queue and exactly-once delivery at work (offline).
@@ -59,8 +92,21 @@ enum Command {
     },
 }
 
-fn main() -> std::process::ExitCode {
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a config: print the effective settings (exit 0) or every
+    /// problem (exit 2).
+    Check {
+        /// The file to check (default: as for every command).
+        path: Option<PathBuf>,
+    },
+    /// Print a complete, commented config that runs offline.
+    Example,
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.verbose, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -71,234 +117,84 @@ fn main() -> std::process::ExitCode {
                 std::io::stderr(),
                 "error: cannot start the async runtime: {error}"
             );
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            let _ = writeln!(std::io::stderr(), "error: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => error.report(),
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+fn init_logging(verbose: u8, format: LogFormat) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Run {
             prompt,
-            cap,
-            latency_ms,
-        } => offline_run(&prompt, usize::from(cap), Duration::from_millis(latency_ms)).await,
+            agent,
+            json,
+        } => {
+            let config = load_config(cli.config.as_deref(), true)?;
+            let agent = agent.unwrap_or_else(|| config.orchestrator.clone());
+            if !config.agents.contains_key(&agent) {
+                return Err(CliError::usage(anyhow::anyhow!(
+                    "--agent {agent}: there is no [agents.{agent}]; known agents: {}{}",
+                    config.agents.keys().cloned().collect::<Vec<_>>().join(", "),
+                    config::did_you_mean(&agent, config.agents.keys())
+                )));
+            }
+            let stack = wiring::build(&config, &agent).map_err(CliError::usage)?;
+            run_cmd::run(stack, &agent, &prompt, json).await
+        }
+        Command::Config { command } => match command {
+            ConfigCommand::Example => config_cmd::example(),
+            ConfigCommand::Check { path } => {
+                let path = path.or(cli.config);
+                let config = load_config(path.as_deref(), false)?;
+                config_cmd::check(&config)
+            }
+        },
         Command::Demo {
             tasks,
             cap,
             work_ms,
-        } => demo(tasks, usize::from(cap), Duration::from_millis(work_ms)).await,
+        } => demo::demo(tasks, usize::from(cap), Duration::from_millis(work_ms))
+            .await
+            .map_err(CliError::failed),
     }
 }
 
-async fn demo(tasks: u16, cap: usize, work: Duration) -> anyhow::Result<()> {
-    let settings = SubagentSettings::default()
-        .with_max_concurrent(cap)
-        .context("invalid --cap")?;
-    let registry = Registry::builder()
-        .settings(SettingsHandle::new(settings))
-        .build();
-    let mut events = registry.subscribe();
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "deputy demo (offline): {tasks} background tasks, max_concurrent = {cap}, {} ms of simulated work each",
-        work.as_millis()
-    )?;
-    drop(out);
-
-    let root = registry
-        .spawn_root(
-            TaskSpec::new("orchestrator", "demo"),
-            move |ctx| async move {
-                let mut ids = Vec::new();
-                for n in 1..=tasks {
-                    let spec = TaskSpec::new("worker", format!("task {n}"))
-                        .parent(ctx.id())
-                        .background(true);
-                    let spawned = ctx
-                        .registry()
-                        .spawn(spec, move |task| async move {
-                            tokio::time::sleep(work).await;
-                            Ok(format!("{} done", task.task()))
-                        })
-                        .map_err(|error| deputy_registry::TaskFailure::other(error.to_string()))?;
-                    ids.push(spawned.id);
-                }
-                // Nothing else collects these results, so each wait is the
-                // one that hands its result over.
-                let mut collected = 0;
-                for id in &ids {
-                    let outcome =
-                        ctx.registry().wait(*id, None).await.map_err(|error| {
-                            deputy_registry::TaskFailure::other(error.to_string())
-                        })?;
-                    collected += usize::from(outcome.newly_delivered);
-                }
-                Ok(format!("collected {collected} results, each exactly once"))
-            },
-        )
-        .context("could not start the demo run")?;
-
-    // Prints until every worker has finished, so no line is cut off.
-    let printer = tokio::spawn(async move {
-        let mut out = std::io::stdout();
-        let mut finished = 0;
-        while finished < tasks {
-            let Ok(event) = events.recv().await else {
-                break;
-            };
-            let line = match event {
-                RegistryEvent::Queued {
-                    task_id, queued, ..
-                } => {
-                    format!("  queued   {}  ({queued} waiting)", task_id.short())
-                }
-                RegistryEvent::Started {
-                    task_id,
-                    running,
-                    max_concurrent,
-                    queued_for,
-                    ..
-                } => format!(
-                    "  started  {}  ({running}/{max_concurrent} slots, waited {} ms)",
-                    task_id.short(),
-                    queued_for.as_millis()
-                ),
-                RegistryEvent::Finished {
-                    task_id, status, ..
-                } => {
-                    finished += 1;
-                    format!("  finished {}  {status}", task_id.short())
-                }
-                _ => continue,
-            };
-            if writeln!(out, "{line}").is_err() {
-                break;
+/// Finds and loads the config; with no file at all, the built-in offline
+/// config, announced on stderr when `announce` is set.
+fn load_config(flag: Option<&Path>, announce: bool) -> Result<Config, CliError> {
+    let env = std::env::var(CONFIG_ENV).ok();
+    let path = config::locate(flag, env.as_deref(), Path::new(DEFAULT_FILE).is_file())?;
+    match path {
+        Some(path) => Ok(config::load(&path)?),
+        None => {
+            if announce {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "deputy: no config file (no -c, no ./{DEFAULT_FILE}, no {CONFIG_ENV}): running the built-in offline demo on the scripted provider; `deputy config example > {DEFAULT_FILE}` starts your own"
+                );
             }
+            Ok(config::built_in()?)
         }
-    });
-
-    let outcome = registry.wait(root.id, None).await?;
-    registry.shutdown(Duration::from_secs(1)).await;
-    printer.await.context("the event printer failed")?;
-    let mut out = std::io::stdout().lock();
-    match (
-        outcome.task.status,
-        outcome.task.output,
-        outcome.task.failure,
-    ) {
-        (TaskStatus::Completed, Some(answer), _) => writeln!(out, "{answer}")?,
-        (status, _, failure) => anyhow::bail!(
-            "the demo run ended {status}: {}",
-            failure.map_or_else(|| "no detail".to_owned(), |f| f.to_string())
-        ),
     }
-    Ok(())
-}
-
-async fn offline_run(prompt: &str, cap: usize, latency: Duration) -> anyhow::Result<()> {
-    let settings = SubagentSettings::default()
-        .with_max_concurrent(cap)
-        .context("invalid --cap")?;
-    let lead = std::sync::Arc::new(ScriptedProvider::demo("scripted"));
-    let research = std::sync::Arc::new(ScriptedProvider::demo("scripted").with_latency(latency));
-    let runtime = Runtime::builder()
-        .settings(SettingsHandle::new(settings))
-        .agent(
-            Agent::builder("orchestrator", lead)
-                .system_prompt("Delegate research to background researchers, collect their results, then synthesize.")
-                .subagents(["researcher"])
-                .build()?,
-        )
-        .agent(
-            Agent::builder("researcher", research)
-                .description("Writes a short briefing on one topic.")
-                .build()?,
-        )
-        .build()?;
-
-    let mut out = std::io::stdout();
-    writeln!(
-        out,
-        "deputy run (offline: scripted provider, max_concurrent = {cap}): {prompt}"
-    )?;
-    let mut run = runtime.start("orchestrator", prompt)?;
-    let run_id = run.run_id();
-    let mut at_line_start = true;
-    while let Some(event) = run.next().await {
-        let line = match event {
-            RunEvent::TextDelta { task_id, text, .. } if task_id == run_id => {
-                write!(out, "{text}")?;
-                at_line_start = text.ends_with('\n');
-                continue;
-            }
-            RunEvent::ToolCallStarted {
-                task_id,
-                name,
-                arguments,
-                ..
-            } if task_id == run_id => format!("  -> {name} {arguments}"),
-            RunEvent::ToolResult {
-                task_id,
-                name,
-                content,
-                is_error,
-                ..
-            } if task_id == run_id => {
-                let mark = if is_error { "error" } else { "ok" };
-                format!("  <- {name} ({mark}): {}", one_line(&content, 160))
-            }
-            RunEvent::TaskQueued { task_id, agent, .. } => {
-                format!("  queued   {} {agent}", task_id.short())
-            }
-            RunEvent::TaskStarted { task_id, agent, .. } => {
-                format!("  started  {} {agent}", task_id.short())
-            }
-            RunEvent::TaskFinished {
-                task_id,
-                agent,
-                status,
-                ..
-            } => format!("  finished {} {agent} {status}", task_id.short()),
-            RunEvent::Error { message, .. } => format!("  error: {message}"),
-            RunEvent::Done { report, .. } => format!(
-                "done: {} sub-agent tasks, {} completed; {} provider calls, {} input and {} output tokens; {} ms",
-                report.tasks.len(),
-                report.count(TaskStatus::Completed),
-                report.usage.requests,
-                report.usage.input_tokens,
-                report.usage.output_tokens,
-                report.duration.as_millis()
-            ),
-            RunEvent::Failed { message, .. } => format!("failed: {message}"),
-            _ => continue,
-        };
-        if !at_line_start {
-            writeln!(out)?;
-            at_line_start = true;
-        }
-        writeln!(out, "{line}")?;
-    }
-    let result = run.finish().await;
-    runtime.shutdown(Duration::from_secs(1)).await;
-    result?;
-    Ok(())
-}
-
-/// `text` on one line, cut to `max` characters.
-fn one_line(text: &str, max: usize) -> String {
-    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() <= max {
-        return flat;
-    }
-    let cut: String = flat.chars().take(max).collect();
-    format!("{cut}...")
 }

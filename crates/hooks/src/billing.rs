@@ -368,7 +368,7 @@ impl SubagentStartHook for Billing {
         }
         let provider = task.labels.provider.as_deref();
         let model = task.labels.model.as_deref();
-        if self.prices.lookup(provider, model) == PriceLookup::Unknown {
+        if self.prices.lookup_labels(&task.labels) == PriceLookup::Unknown {
             // Running it would spend an unknown amount against the budget.
             return Ok(StartDecision::Deny {
                 reason: format!(

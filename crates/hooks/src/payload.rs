@@ -54,6 +54,8 @@ pub struct EventPayload<'a> {
     pub background: bool,
     /// The provider backend's configured name.
     pub provider: Option<&'a str>,
+    /// The provider backend's kind (`openai`, `anthropic`, `scripted`, ...).
+    pub provider_kind: Option<&'a str>,
     /// The model.
     pub model: Option<&'a str>,
     /// When it was spawned (RFC 3339, UTC).
@@ -122,6 +124,7 @@ impl<'a> EventPayload<'a> {
             depth: task.depth,
             background: task.background,
             provider: task.labels.provider.as_deref(),
+            provider_kind: task.labels.provider_kind.as_deref(),
             model: task.labels.model.as_deref(),
             created_at: rfc3339(task.created_at),
             queued_ms: millis(task.queued_for),

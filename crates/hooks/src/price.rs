@@ -98,7 +98,11 @@ pub enum PriceLookup<'a> {
 /// use deputy_registry::{TaskLabels, Usage};
 ///
 /// let prices = PriceTable::builtin().with_price("house-model", ModelPrice::new(1.0, 2.0));
-/// let labels = TaskLabels { provider: Some("openai".into()), model: Some("house-model".into()) };
+/// let labels = TaskLabels {
+///     provider: Some("openai".into()),
+///     model: Some("house-model".into()),
+///     ..TaskLabels::default()
+/// };
 /// let usage = Usage { input_tokens: 1_000_000, output_tokens: 500_000, ..Usage::default() };
 /// assert_eq!(prices.cost(&labels, &usage), Some(2.0));
 /// ```
@@ -193,10 +197,24 @@ impl PriceTable {
             .map_or(PriceLookup::Unknown, PriceLookup::Known)
     }
 
+    /// The price for a task with these labels: free when its provider's
+    /// kind (or, without a kind, its name) is a local one, else
+    /// [`lookup`](Self::lookup) by provider and model.
+    pub fn lookup_labels(&self, labels: &TaskLabels) -> PriceLookup<'_> {
+        if labels
+            .provider_kind
+            .as_deref()
+            .is_some_and(|kind| LOCAL_PROVIDERS.contains(&kind))
+        {
+            return PriceLookup::Free;
+        }
+        self.lookup(labels.provider.as_deref(), labels.model.as_deref())
+    }
+
     /// What `usage` costs for a task with these labels, in US dollars;
     /// `None` when the model has no price.
     pub fn cost(&self, labels: &TaskLabels, usage: &Usage) -> Option<f64> {
-        match self.lookup(labels.provider.as_deref(), labels.model.as_deref()) {
+        match self.lookup_labels(labels) {
             PriceLookup::Free => Some(0.0),
             PriceLookup::Known(price) => Some(price.cost(usage)),
             PriceLookup::Unknown => None,
@@ -212,7 +230,25 @@ mod tests {
         TaskLabels {
             provider: Some(provider.into()),
             model: Some(model.into()),
+            ..TaskLabels::default()
         }
+    }
+
+    #[test]
+    fn a_local_kind_is_free_whatever_the_provider_is_called() {
+        let labels = TaskLabels {
+            provider: Some("offline".into()),
+            provider_kind: Some("scripted".into()),
+            model: Some("scripted".into()),
+        };
+        let table = PriceTable::builtin();
+        assert_eq!(table.lookup_labels(&labels), PriceLookup::Free);
+        assert_eq!(table.cost(&labels, &Usage::default()), Some(0.0));
+        let hosted = TaskLabels {
+            provider_kind: Some("openai".into()),
+            ..labels
+        };
+        assert_eq!(table.lookup_labels(&hosted), PriceLookup::Unknown);
     }
 
     #[test]

@@ -10,8 +10,13 @@ use crate::id::TaskId;
 /// Labels that travel with a task into events, hooks and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskLabels {
-    /// The provider backend's configured name (`openai`, `scripted`, ...).
+    /// The provider backend's configured name (`openai`, `offline`, ...).
     pub provider: Option<Arc<str>>,
+    /// The provider backend's kind (`openai`, `anthropic`, `gemini`,
+    /// `ollama`, `scripted`), which names can hide: billing needs it to
+    /// know a local backend costs nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_kind: Option<Arc<str>>,
     /// The model the agent uses.
     pub model: Option<Arc<str>>,
 }
@@ -78,6 +83,12 @@ impl TaskSpec {
     #[must_use]
     pub fn provider(mut self, provider: impl Into<Arc<str>>) -> Self {
         self.labels.provider = Some(provider.into());
+        self
+    }
+
+    /// Sets the provider kind label.
+    pub fn provider_kind(mut self, kind: impl Into<Arc<str>>) -> Self {
+        self.labels.provider_kind = Some(kind.into());
         self
     }
 

@@ -32,6 +32,22 @@ impl Usage {
             .saturating_add(self.cache_write_tokens)
     }
 
+    /// What is left of `self` after `other`, field by field, never below
+    /// zero (a run's own calls are its total minus its sub-agents').
+    pub fn saturating_sub(self, other: Self) -> Self {
+        Self {
+            input_tokens: self.input_tokens.saturating_sub(other.input_tokens),
+            output_tokens: self.output_tokens.saturating_sub(other.output_tokens),
+            cache_read_tokens: self
+                .cache_read_tokens
+                .saturating_sub(other.cache_read_tokens),
+            cache_write_tokens: self
+                .cache_write_tokens
+                .saturating_sub(other.cache_write_tokens),
+            requests: self.requests.saturating_sub(other.requests),
+        }
+    }
+
     /// Whether nothing was spent.
     pub fn is_zero(&self) -> bool {
         *self == Self::default()
@@ -83,5 +99,7 @@ mod tests {
             ..Usage::default()
         };
         assert_eq!((big + a).output_tokens, u64::MAX);
+        assert_eq!(sum.saturating_sub(a), a);
+        assert_eq!(a.saturating_sub(sum), Usage::default());
     }
 }

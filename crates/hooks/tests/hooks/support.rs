@@ -21,6 +21,7 @@ pub(crate) fn hook_task(agent: &str, provider: &str, model: &str) -> HookTask {
         labels: TaskLabels {
             provider: Some(provider.into()),
             model: Some(model.into()),
+            ..TaskLabels::default()
         },
         text: "Summarise the Go memory model".into(),
         depth: 1,

@@ -1,0 +1,193 @@
+//! `deputy run`: one orchestration. The answer streams to stdout; sub-agent
+//! progress and the closing summary go to stderr, so `deputy run ... >
+//! answer.txt` keeps only the answer.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use deputy_agent::{RunError, RunEvent, RunReport};
+use deputy_registry::{TaskStatus, Usage};
+use futures::StreamExt as _;
+use serde::Serialize;
+
+use crate::exit::CliError;
+use crate::wiring::Stack;
+
+/// How long running sub-agents get to end when the run is over.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
+/// The `--json` document.
+#[derive(Serialize)]
+struct JsonOutput<'a> {
+    ok: bool,
+    answer: Option<&'a str>,
+    error: Option<String>,
+    cost_usd: Option<f64>,
+    report: &'a RunReport,
+}
+
+/// Runs `prompt` on `agent` and prints as the module docs say.
+///
+/// # Errors
+/// Exit code 1 when the run fails or is cancelled (after printing what it
+/// did), 2 when the prompt or agent is unusable.
+pub(crate) async fn run(
+    stack: Stack,
+    agent: &str,
+    prompt: &str,
+    json: bool,
+) -> Result<(), CliError> {
+    let mut run = stack
+        .runtime
+        .start(agent, prompt)
+        .map_err(|error| match error {
+            RunError::UnknownAgent { .. } | RunError::EmptyPrompt => CliError::usage(error.into()),
+            other => CliError::failed(other.into()),
+        })?;
+    let run_id = run.run_id();
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
+    let mut at_line_start = true;
+    while let Some(event) = run.next().await {
+        let line = match event {
+            RunEvent::TextDelta { task_id, text, .. } if task_id == run_id => {
+                if !json {
+                    let _ = write!(out, "{text}");
+                    let _ = out.flush();
+                    at_line_start = text.ends_with('\n');
+                }
+                continue;
+            }
+            RunEvent::ToolCallStarted {
+                task_id,
+                name,
+                arguments,
+                ..
+            } if task_id == run_id => {
+                format!("  -> {name} {}", one_line(&arguments.to_string(), 160))
+            }
+            RunEvent::ToolResult {
+                task_id,
+                name,
+                content,
+                is_error,
+                ..
+            } if task_id == run_id => {
+                let mark = if is_error { "error" } else { "ok" };
+                format!("  <- {name} ({mark}): {}", one_line(&content, 160))
+            }
+            RunEvent::TaskQueued { task_id, agent, .. } => {
+                format!("  queued   {} {agent}", task_id.short())
+            }
+            RunEvent::TaskStarted { task_id, agent, .. } => {
+                format!("  started  {} {agent}", task_id.short())
+            }
+            RunEvent::TaskFinished {
+                task_id,
+                agent,
+                status,
+                ..
+            } => format!("  finished {} {agent} {status}", task_id.short()),
+            RunEvent::Error { message, .. } => format!("  error: {message}"),
+            _ => continue,
+        };
+        if !at_line_start {
+            let _ = writeln!(out);
+            at_line_start = true;
+        }
+        let _ = writeln!(err, "{line}");
+    }
+    if !at_line_start {
+        let _ = writeln!(out);
+    }
+    let result = run.finish().await;
+    stack.runtime.shutdown(SHUTDOWN_DRAIN).await;
+    let pending = stack.hooks.flush(SHUTDOWN_DRAIN).await;
+    if pending > 0 {
+        tracing::warn!(
+            pending,
+            "webhook events still queued at exit were not delivered"
+        );
+    }
+
+    let (answer, report, failure) = match &result {
+        Ok(output) => (Some(output.answer.as_str()), &output.report, None),
+        Err(RunError::Failed { failure, report }) => (None, &**report, Some(failure.to_string())),
+        Err(RunError::Cancelled { report }) => {
+            (None, &**report, Some("the run was cancelled".to_owned()))
+        }
+        Err(other) => return Err(CliError::failed(anyhow::anyhow!("{other}"))),
+    };
+    let cost = run_cost(&stack, report);
+    if json {
+        let document = JsonOutput {
+            ok: failure.is_none(),
+            answer,
+            error: failure.clone(),
+            cost_usd: cost,
+            report,
+        };
+        let text = serde_json::to_string_pretty(&document)
+            .map_err(|error| CliError::failed(error.into()))?;
+        let _ = writeln!(out, "{text}");
+    }
+    let _ = writeln!(err, "{}", summary(report, cost));
+    match failure {
+        None => Ok(()),
+        Some(failure) => Err(CliError::failed(anyhow::anyhow!("{failure}"))),
+    }
+}
+
+/// The run's cost: the orchestrator's own calls plus every sub-agent's;
+/// `None` when any model involved has no price.
+fn run_cost(stack: &Stack, report: &RunReport) -> Option<f64> {
+    let sub_agents = report
+        .tasks
+        .iter()
+        .fold(Usage::default(), |sum, task| sum + task.usage);
+    let own = report.usage.saturating_sub(sub_agents);
+    let mut total = stack.cost(&report.agent, &own)?;
+    for task in &report.tasks {
+        total += stack.cost(&task.agent, &task.usage)?;
+    }
+    Some(total)
+}
+
+/// `done: 3 sub-agent tasks, 2 completed, 1 failed; 7 provider calls, ...`.
+fn summary(report: &RunReport, cost: Option<f64>) -> String {
+    let mut counts = vec![format!("{} completed", report.count(TaskStatus::Completed))];
+    for status in [
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+        TaskStatus::Running,
+        TaskStatus::Queued,
+    ] {
+        let count = report.count(status);
+        if count > 0 {
+            counts.push(format!("{count} {status}"));
+        }
+    }
+    let cost = cost.map_or_else(
+        || "cost unknown (a model has no price)".to_owned(),
+        |usd| format!("cost ${usd:.4}"),
+    );
+    format!(
+        "done: {} sub-agent tasks, {}; {} provider calls, {} input and {} output tokens; {cost}; {} ms",
+        report.tasks.len(),
+        counts.join(", "),
+        report.usage.requests,
+        report.usage.input_tokens,
+        report.usage.output_tokens,
+        report.duration.as_millis()
+    )
+}
+
+/// `text` on one line, cut to `max` characters.
+pub(crate) fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        return flat;
+    }
+    let cut: String = flat.chars().take(max).collect();
+    format!("{cut}...")
+}

@@ -1,0 +1,117 @@
+//! TOML errors told the way a person fixing the file needs them: the line
+//! and column, the key's full path, the line itself with a marker, and the
+//! nearest known key or value when the given one looks like a typo.
+
+use crate::config::closest;
+
+/// One problem sentence (plus the marked line) for a TOML or shape error.
+pub(crate) fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim().to_owned();
+    let Some(span) = error.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let before = &text[..start];
+    let line_number = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |index| index + 1);
+    let column = text[line_start..start].chars().count() + 1;
+    let line_text = text[line_start..].lines().next().unwrap_or("");
+
+    let mut sentence = format!("line {line_number}, column {column}");
+    if let Some(path) = key_path(text, line_start, line_text) {
+        sentence.push_str(&format!(", at {path}"));
+    }
+    sentence.push_str(": ");
+    sentence.push_str(&message);
+    if let Some(suggestion) = suggestion(&message) {
+        sentence.push_str(&format!("; did you mean `{suggestion}`?"));
+    }
+
+    let gutter = " ".repeat(line_number.to_string().len());
+    let width = text[start..span.end.clamp(start, text.len())]
+        .lines()
+        .next()
+        .map_or(1, |marked| marked.chars().count().max(1));
+    format!(
+        "{sentence}\n{gutter} |\n{line_number} | {line_text}\n{gutter} | {}{}",
+        " ".repeat(column - 1),
+        "^".repeat(width)
+    )
+}
+
+/// `table.key` for an error on a `key = value` line: the last `[table]`
+/// or `[[table]]` header before the line, then the line's key.
+fn key_path(text: &str, line_start: usize, line_text: &str) -> Option<String> {
+    let (key, _) = line_text.split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+        return None;
+    }
+    let header = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| line.starts_with('['))
+        .map(|line| {
+            let line = line.split('#').next().unwrap_or(line).trim();
+            line.trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_owned()
+        });
+    Some(match header {
+        Some(header) if !header.is_empty() => format!("{header}.{key}"),
+        _ => key.to_owned(),
+    })
+}
+
+/// The known name nearest to an unknown field or variant, from serde's
+/// "unknown field `x`, expected `a`, `b`" message.
+fn suggestion(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("unknown variant `"))?;
+    let (given, expected) = rest.split_once('`')?;
+    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    closest(given, known.into_iter()).map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_come_from_the_expected_list() {
+        assert_eq!(
+            suggestion(
+                "unknown field `max_concurent`, expected `max_concurrent` or `queue_wait_ms`"
+            )
+            .as_deref(),
+            Some("max_concurrent")
+        );
+        assert_eq!(
+            suggestion("unknown variant `wiat`, expected one of `wait`, `cancel`, `detach`")
+                .as_deref(),
+            Some("wait")
+        );
+        assert_eq!(suggestion("invalid type: string \"x\", expected i64"), None);
+    }
+
+    #[test]
+    fn paths_come_from_the_header_and_the_line_key() {
+        let text = "[agent.subagents] # limits\nmax_concurrent = \"five\"\n";
+        assert_eq!(
+            key_path(text, text.find("max").unwrap(), "max_concurrent = \"five\"").as_deref(),
+            Some("agent.subagents.max_concurrent")
+        );
+        assert_eq!(key_path(text, 0, "[agent.subagents] # limits"), None);
+    }
+
+    #[test]
+    fn a_syntax_error_is_marked_on_its_line() {
+        let text = "[agent]\nname = \n";
+        let error = toml::from_str::<toml::Table>(text).unwrap_err();
+        let described = describe_toml_error(text, &error);
+        assert!(described.starts_with("line 2, column"), "{described}");
+        assert!(described.contains("2 | name = "), "{described}");
+    }
+}
