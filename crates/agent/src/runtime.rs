@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deputy_registry::{HookStack, Registry, SettingsHandle, ShutdownReport, TaskSpec};
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{Agent, Subagents};
@@ -53,34 +54,47 @@ pub(crate) struct Limits {
 
 pub(crate) struct RuntimeInner {
     pub(crate) registry: Registry,
-    pub(crate) agents: Vec<Arc<Agent>>,
+    /// The agent set new tasks use; replaced whole by
+    /// [`Runtime::replace_agents`]. Running tasks keep the `Arc<Agent>` they
+    /// started with.
+    agents: RwLock<Arc<[Arc<Agent>]>>,
     pub(crate) limits: Limits,
 }
 
 impl RuntimeInner {
-    pub(crate) fn agent(&self, name: &str) -> Option<&Arc<Agent>> {
-        self.agents.iter().find(|agent| &*agent.name == name)
+    /// The current agent set (a cheap clone; the lock is held only to copy
+    /// the pointer).
+    pub(crate) fn agents(&self) -> Arc<[Arc<Agent>]> {
+        self.agents.read().clone()
     }
 
-    /// The agents `agent` may call, in definition order.
+    pub(crate) fn agent(&self, name: &str) -> Option<Arc<Agent>> {
+        self.agents()
+            .iter()
+            .find(|agent| &*agent.name == name)
+            .cloned()
+    }
+
+    /// The agents `agent` may call, in definition order, as the agent set
+    /// is now.
     pub(crate) fn subagents_of(&self, agent: &Agent) -> Vec<Arc<Agent>> {
+        let agents = self.agents();
         match &agent.subagents {
             Subagents::None => Vec::new(),
-            Subagents::AllOthers => self
-                .agents
+            Subagents::AllOthers => agents
                 .iter()
                 .filter(|other| other.name != agent.name)
                 .cloned()
                 .collect(),
             Subagents::Only(names) => names
                 .iter()
-                .filter_map(|name| self.agent(name).cloned())
+                .filter_map(|name| agents.iter().find(|other| other.name == *name).cloned())
                 .collect(),
         }
     }
 
     pub(crate) fn agent_names(&self) -> String {
-        self.agents
+        self.agents()
             .iter()
             .map(|agent| agent.name.to_string())
             .collect::<Vec<_>>()
@@ -139,7 +153,7 @@ pub struct Runtime {
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
-            .field("agents", &self.inner.agents)
+            .field("agents", &self.inner.agents())
             .field("limits", &self.inner.limits)
             .finish_non_exhaustive()
     }
@@ -156,14 +170,42 @@ impl Runtime {
         &self.inner.registry
     }
 
-    /// The agent called `name`.
-    pub fn agent(&self, name: &str) -> Option<&Arc<Agent>> {
+    /// The agent called `name`, as new tasks get it.
+    pub fn agent(&self, name: &str) -> Option<Arc<Agent>> {
         self.inner.agent(name)
     }
 
     /// Every agent, in the order they were added.
-    pub fn agents(&self) -> &[Arc<Agent>] {
-        &self.inner.agents
+    pub fn agents(&self) -> Arc<[Arc<Agent>]> {
+        self.inner.agents()
+    }
+
+    /// Replaces the agent set, for a config reload: new runs and new
+    /// sub-agents use the new agents at once (model, prompt, limits, who may
+    /// call whom); tasks already running keep the agent they started with.
+    /// Per-agent caps in the registry follow the new set.
+    ///
+    /// # Errors
+    /// The same checks as [`RuntimeBuilder::build`] (no agents, a name used
+    /// twice, an unknown sub-agent); on error nothing changes.
+    pub fn replace_agents(&self, agents: Vec<Agent>) -> Result<(), BuildError> {
+        let problems = check_agents(&agents);
+        if !problems.is_empty() {
+            return Err(BuildError { problems });
+        }
+        let agents: Arc<[Arc<Agent>]> = agents.into_iter().map(Arc::new).collect();
+        let old = std::mem::replace(&mut *self.inner.agents.write(), agents.clone());
+        for agent in old.iter() {
+            if !agents.iter().any(|new| new.name == agent.name) {
+                self.inner.registry.set_agent_limit(&agent.name, None);
+            }
+        }
+        for agent in agents.iter() {
+            self.inner
+                .registry
+                .set_agent_limit(&agent.name, agent.max_concurrent);
+        }
+        Ok(())
     }
 
     /// What happens to background tasks still running at an answer.
@@ -184,7 +226,6 @@ impl Runtime {
         let agent = self
             .inner
             .agent(agent)
-            .cloned()
             .ok_or_else(|| RunError::UnknownAgent {
                 name: agent.to_owned(),
                 available: self.inner.agent_names(),
@@ -312,37 +353,7 @@ impl RuntimeBuilder {
     /// # Panics
     /// Outside a Tokio runtime (the registry starts its housekeeping task).
     pub fn build(self) -> Result<Runtime, BuildError> {
-        let mut problems = Vec::new();
-        if self.agents.is_empty() {
-            problems.push("no agents are defined; add at least one".to_owned());
-        }
-        let names: Vec<&str> = self.agents.iter().map(|agent| &*agent.name).collect();
-        for (index, name) in names.iter().enumerate() {
-            if names[..index].contains(name) {
-                problems.push(format!(
-                    "agent `{name}` is defined twice; agent names must be unique"
-                ));
-            }
-        }
-        for agent in &self.agents {
-            if agent.subagents == Subagents::AllOthers && self.agents.len() < 2 {
-                problems.push(format!(
-                    "agent `{}` may call every other agent (`*`), but there is no other agent; add one or remove `*`",
-                    agent.name
-                ));
-            }
-            if let Subagents::Only(wanted) = &agent.subagents {
-                for name in wanted {
-                    if !names.contains(&&**name) {
-                        problems.push(format!(
-                            "agent `{}` lists sub-agent `{name}`, which is not defined; defined agents are {}",
-                            agent.name,
-                            names.join(", ")
-                        ));
-                    }
-                }
-            }
-        }
+        let mut problems = check_agents(&self.agents);
         let limits = self.limits;
         if limits.max_depth == 0 {
             problems.push(
@@ -379,9 +390,46 @@ impl RuntimeBuilder {
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 registry,
-                agents: self.agents.into_iter().map(Arc::new).collect(),
+                agents: RwLock::new(self.agents.into_iter().map(Arc::new).collect()),
                 limits,
             }),
         })
     }
+}
+
+/// What is wrong with an agent set: none at all, a name used twice, a
+/// sub-agent that is not defined.
+fn check_agents(agents: &[Agent]) -> Vec<String> {
+    let mut problems = Vec::new();
+    if agents.is_empty() {
+        problems.push("no agents are defined; add at least one".to_owned());
+    }
+    let names: Vec<&str> = agents.iter().map(|agent| &*agent.name).collect();
+    for (index, name) in names.iter().enumerate() {
+        if names[..index].contains(name) {
+            problems.push(format!(
+                "agent `{name}` is defined twice; agent names must be unique"
+            ));
+        }
+    }
+    for agent in agents {
+        if agent.subagents == Subagents::AllOthers && agents.len() < 2 {
+            problems.push(format!(
+                "agent `{}` may call every other agent (`*`), but there is no other agent; add one or remove `*`",
+                agent.name
+            ));
+        }
+        if let Subagents::Only(wanted) = &agent.subagents {
+            for name in wanted {
+                if !names.contains(&&**name) {
+                    problems.push(format!(
+                        "agent `{}` lists sub-agent `{name}`, which is not defined; defined agents are {}",
+                        agent.name,
+                        names.join(", ")
+                    ));
+                }
+            }
+        }
+    }
+    problems
 }

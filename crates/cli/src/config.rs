@@ -133,6 +133,10 @@ pub(crate) struct Config {
     pub(crate) agents: BTreeMap<String, AgentProfile>,
     pub(crate) hooks: HooksSettings,
     pub(crate) server: ServerSettings,
+    /// The sections a reload cannot apply (everything but
+    /// `[agent.subagents]` and `[agents.*]`), as written, to tell a reload
+    /// that one of them changed.
+    pub(crate) restart_sections: toml::Table,
 }
 
 /// Where a config came from.
@@ -259,10 +263,18 @@ pub(crate) fn parse(text: &str, source: Source) -> Result<Config, ConfigError> {
         source: name.clone(),
         problems: vec![describe_toml_error(text, &error)],
     })?;
-    check(raw, source).map_err(|problems| ConfigError {
+    let mut config = check(raw, source).map_err(|problems| ConfigError {
         source: name,
         problems,
-    })
+    })?;
+    // It parsed as RawConfig, so it parses as a table.
+    let mut sections: toml::Table = toml::from_str(text).unwrap_or_default();
+    sections.remove("agents");
+    if let Some(toml::Value::Table(agent)) = sections.get_mut("agent") {
+        agent.remove("subagents");
+    }
+    config.restart_sections = sections;
+    Ok(config)
 }
 
 /// `value` if it is within `min..=max` (and fits `T`); otherwise a problem
@@ -470,6 +482,7 @@ fn check(raw: RawConfig, source: Source) -> Result<Config, Vec<String>> {
             agents,
             hooks,
             server,
+            restart_sections: toml::Table::new(),
         }),
         _ => Err(problems),
     }

@@ -13,6 +13,7 @@ mod config;
 mod config_cmd;
 mod demo;
 mod exit;
+mod reload;
 mod run_cmd;
 mod toml_error;
 mod wiring;
@@ -26,6 +27,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{CONFIG_ENV, Config, DEFAULT_FILE};
 use crate::exit::CliError;
+use crate::reload::{Live, Reloader};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -128,7 +130,8 @@ fn main() -> ExitCode {
 
 fn init_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
-        0 => "warn",
+        // deputy's own notices (a config reload) show by default.
+        0 => "warn,deputy=info",
         1 => "info",
         _ => "debug",
     };
@@ -160,7 +163,16 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
                 )));
             }
             let stack = wiring::build(&config, &agent).map_err(CliError::usage)?;
-            run_cmd::run(stack, &agent, &prompt, json).await
+            // Limits can be tuned while the run goes on.
+            let reloader = Reloader::start(
+                config,
+                Live {
+                    runtime: stack.runtime.clone(),
+                    providers: stack.providers.clone(),
+                    metrics: stack.hooks.metrics().cloned(),
+                },
+            );
+            run_cmd::run(stack, reloader, &agent, &prompt, json).await
         }
         Command::Config { command } => match command {
             ConfigCommand::Example => config_cmd::example(),

@@ -11,6 +11,7 @@ use futures::StreamExt as _;
 use serde::Serialize;
 
 use crate::exit::CliError;
+use crate::reload::Reloader;
 use crate::wiring::Stack;
 
 /// How long running sub-agents get to end when the run is over.
@@ -33,6 +34,7 @@ struct JsonOutput<'a> {
 /// did), 2 when the prompt or agent is unusable.
 pub(crate) async fn run(
     stack: Stack,
+    reloader: Option<Reloader>,
     agent: &str,
     prompt: &str,
     json: bool,
@@ -132,6 +134,18 @@ pub(crate) async fn run(
         let _ = writeln!(out, "{text}");
     }
     let _ = writeln!(err, "{}", summary(report, cost));
+    if let Some(status) = reloader
+        .as_ref()
+        .map(Reloader::status)
+        .filter(|status| status.reloads > 0)
+    {
+        let last = if status.ok { "applied" } else { "rejected" };
+        let _ = writeln!(
+            err,
+            "config re-read {} times during the run; the last change was {last}",
+            status.reloads
+        );
+    }
     match failure {
         None => Ok(()),
         Some(failure) => Err(CliError::failed(anyhow::anyhow!("{failure}"))),

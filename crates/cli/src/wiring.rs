@@ -12,18 +12,21 @@ use deputy_registry::{SettingsHandle, TaskLabels, Usage};
 
 use crate::config::Config;
 
+/// Providers by their `[providers.<name>]` name.
+pub(crate) type Providers = BTreeMap<String, Arc<dyn Provider>>;
+
 /// Everything a command runs on.
 pub(crate) struct Stack {
     pub(crate) runtime: Runtime,
     pub(crate) hooks: HookSet,
-    labels: BTreeMap<String, TaskLabels>,
+    pub(crate) providers: Providers,
     prices: PriceTable,
 }
 
 impl std::fmt::Debug for Stack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stack")
-            .field("agents", &self.labels.keys().collect::<Vec<_>>())
+            .field("providers", &self.providers.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -39,22 +42,62 @@ impl std::fmt::Debug for Stack {
 /// Outside a Tokio runtime.
 pub(crate) fn build(config: &Config, orchestrator: &str) -> anyhow::Result<Stack> {
     let env = |name: &str| std::env::var(name).ok();
-    let mut providers: BTreeMap<&str, Arc<dyn Provider>> = BTreeMap::new();
-    let mut labels = BTreeMap::new();
+    let mut providers = Providers::new();
+    for profile in config.agents.values() {
+        if !providers.contains_key(&profile.provider) {
+            let built = config.providers[&profile.provider]
+                .build(env)
+                .with_context(|| format!("provider {} cannot be built", profile.provider))?;
+            providers.insert(profile.provider.clone(), built);
+        }
+    }
+    let agents = agents(config, &providers)?;
+    anyhow::ensure!(
+        agents.iter().any(|agent| &**agent.name() == orchestrator),
+        "there is no agent `{orchestrator}`; known agents: {}",
+        config.agents.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
+
+    let hooks = config
+        .hooks
+        .build(&config.source.base_dir(), None)
+        .context("the hooks cannot be started")?;
     let mut builder = Runtime::builder();
+    for agent in agents {
+        builder = builder.agent(agent);
+    }
+    let runtime = builder
+        .settings(SettingsHandle::new(config.subagents.clone()))
+        .hooks(hooks.stack())
+        .max_depth(config.max_depth)
+        .on_finish(config.on_finish)
+        .max_result_chars(config.max_result_chars)
+        .max_wait(config.max_wait)
+        .build()
+        .context("the agents do not fit together")?;
+    hooks.attach(runtime.registry());
+    Ok(Stack {
+        runtime,
+        hooks,
+        providers,
+        prices: config.hooks.prices.clone(),
+    })
+}
+
+/// The agents of `config`, on providers already built.
+///
+/// # Errors
+/// A profile names a provider that is not built (one added after start: a
+/// restart builds it), or an agent cannot be built.
+pub(crate) fn agents(config: &Config, providers: &Providers) -> anyhow::Result<Vec<Agent>> {
+    let mut agents = Vec::new();
     for (name, profile) in &config.agents {
-        let provider = match providers.get(profile.provider.as_str()) {
-            Some(provider) => provider.clone(),
-            None => {
-                let built = config.providers[&profile.provider]
-                    .build(env)
-                    .with_context(|| {
-                        format!("agents.{name} needs provider {}", profile.provider)
-                    })?;
-                providers.insert(&profile.provider, built.clone());
-                built
-            }
-        };
+        let provider = providers.get(&profile.provider).with_context(|| {
+            format!(
+                "agents.{name} uses provider {}, which was not running at start; restart deputy to add a provider",
+                profile.provider
+            )
+        })?;
         let mut agent = Agent::builder(name.as_str(), provider.clone())
             .capabilities(profile.capabilities.iter().cloned())
             .priority(profile.priority)
@@ -86,54 +129,25 @@ pub(crate) fn build(config: &Config, orchestrator: &str) -> anyhow::Result<Stack
         if let Some(tokens) = profile.token_budget {
             agent = agent.token_budget(tokens);
         }
-        let agent = agent
-            .build()
-            .with_context(|| format!("agents.{name} cannot be built"))?;
-        labels.insert(
-            name.clone(),
-            TaskLabels {
-                provider: Some(provider.name().into()),
-                provider_kind: Some(provider.kind().as_str().into()),
-                model: Some(agent.model().into()),
-            },
+        agents.push(
+            agent
+                .build()
+                .with_context(|| format!("agents.{name} cannot be built"))?,
         );
-        builder = builder.agent(agent);
     }
-    anyhow::ensure!(
-        labels.contains_key(orchestrator),
-        "there is no agent `{orchestrator}`; known agents: {}",
-        labels.keys().cloned().collect::<Vec<_>>().join(", ")
-    );
-
-    let hooks = config
-        .hooks
-        .build(&config.source.base_dir(), None)
-        .context("the hooks cannot be started")?;
-    let settings = SettingsHandle::new(config.subagents.clone());
-    let runtime = builder
-        .settings(settings)
-        .hooks(hooks.stack())
-        .max_depth(config.max_depth)
-        .on_finish(config.on_finish)
-        .max_result_chars(config.max_result_chars)
-        .max_wait(config.max_wait)
-        .build()
-        .context("the agents do not fit together")?;
-    hooks.attach(runtime.registry());
-    Ok(Stack {
-        runtime,
-        hooks,
-        labels,
-        prices: config.hooks.prices.clone(),
-    })
+    Ok(agents)
 }
 
 impl Stack {
-    /// What `usage` by `agent` cost, in US dollars; `None` when its model
-    /// has no price.
+    /// What `usage` by `agent` cost, in US dollars, with the agent as it is
+    /// now; `None` when its model has no price.
     pub(crate) fn cost(&self, agent: &str, usage: &Usage) -> Option<f64> {
-        self.labels
-            .get(agent)
-            .and_then(|labels| self.prices.cost(labels, usage))
+        let agent = self.runtime.agent(agent)?;
+        let labels = TaskLabels {
+            provider: Some(agent.provider().name().into()),
+            provider_kind: Some(agent.provider().kind().as_str().into()),
+            model: Some(agent.model().into()),
+        };
+        self.prices.cost(&labels, usage)
     }
 }

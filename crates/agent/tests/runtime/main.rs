@@ -12,4 +12,5 @@ mod delivery;
 mod limits;
 mod loop_behaviour;
 mod orchestration;
+mod reload;
 mod task_tools;

@@ -1,0 +1,735 @@
+//! Live reload of the config file.
+//!
+//! The recipe follows `../shared/research/style_and_infra.md` part 2:
+//!
+//! * `notify` watches the file's *directory*, not the file, so saves that
+//!   replace the file (vim's rename, delete and recreate) and Kubernetes'
+//!   ConfigMap symlink swap (`..data`) are all seen.
+//! * Events are only a hint: after a short debounce the file is read
+//!   through its path (following symlinks) and hashed; an unchanged hash
+//!   does nothing. A slow periodic re-check covers file systems without
+//!   events, and SIGHUP forces a reload.
+//! * A new file is checked in full before anything applies. A bad edit (bad
+//!   TOML, a bad value, a half-written or empty file, a missing file) keeps
+//!   the last good settings, logs why, and shows in the reload status; the
+//!   next good edit applies.
+//! * `[agent.subagents]` is published to the registry at once (a raised cap
+//!   admits queued tasks right away) and `[agents.*]` profiles replace the
+//!   runtime's agents for new tasks. Every other section needs a restart:
+//!   a change there is logged as "restart required" and not applied.
+
+use std::hash::{Hash as _, Hasher as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use deputy_agent::Runtime;
+use deputy_hooks::{Metrics, ReloadResult};
+use deputy_registry::RawSubagentSettings;
+use notify::Watcher as _;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::{self, Config, Source};
+use crate::wiring::{self, Providers};
+
+/// Quiet time after the last file event before the file is read.
+pub(crate) const DEBOUNCE: Duration = Duration::from_millis(100);
+/// The longest a stream of events can hold a reload back.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
+/// The periodic re-check, for file systems that report nothing.
+pub(crate) const POLL_EVERY: Duration = Duration::from_secs(10);
+
+/// How the last reload went, for logs, `/v1/settings` and `/settings`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct ReloadStatus {
+    /// When the file was last read after a change (RFC 3339), if ever.
+    pub(crate) at: Option<String>,
+    /// Whether that read applied (or needed nothing).
+    pub(crate) ok: bool,
+    /// Why it was rejected.
+    pub(crate) error: Option<String>,
+    /// What it applied, one line per section.
+    pub(crate) applied: Vec<String>,
+    /// Sections that changed but need a restart.
+    pub(crate) restart_required: Vec<String>,
+    /// Reads after a change so far.
+    pub(crate) reloads: u64,
+}
+
+/// What a reload changes.
+#[derive(Clone)]
+pub(crate) struct Live {
+    pub(crate) runtime: Runtime,
+    pub(crate) providers: Providers,
+    pub(crate) metrics: Option<Arc<Metrics>>,
+}
+
+/// A running reloader; dropping it stops watching.
+#[derive(Debug)]
+pub(crate) struct Reloader {
+    status: watch::Receiver<ReloadStatus>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Reloader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Reloader {
+    /// Watches `config`'s file and applies changes to `live`. A built-in
+    /// config has no file: nothing is watched.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub(crate) fn start(config: Config, live: Live) -> Option<Self> {
+        let Source::File(path) = config.source.clone() else {
+            return None;
+        };
+        let (status, receiver) = watch::channel(ReloadStatus {
+            ok: true,
+            ..ReloadStatus::default()
+        });
+        // The watcher is made before the first read, so no change between
+        // load and watch is missed (the hash comparison catches it).
+        let (events, hints) = mpsc::unbounded_channel();
+        let watcher = watch_directory(&path, events);
+        let state = State {
+            last_hash: read_hash(&path),
+            path,
+            current: config,
+            live,
+            status,
+        };
+        let task = tokio::spawn(state.run(hints, watcher));
+        Some(Self {
+            status: receiver,
+            task,
+        })
+    }
+
+    /// The status of the last reload.
+    pub(crate) fn status(&self) -> ReloadStatus {
+        self.status.borrow().clone()
+    }
+}
+
+/// Starts a directory watcher that sends a hint for every event that may
+/// concern `path`; `None` (with a warning) when the platform refuses, in
+/// which case the periodic re-check still works.
+fn watch_directory(
+    path: &Path,
+    hints: mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    let directory = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    let name = path.file_name().map(ToOwned::to_owned);
+    let handler = move |event: notify::Result<notify::Event>| {
+        let concerns_us = match &event {
+            // An error may mean lost events: look at the file.
+            Err(_) => true,
+            Ok(event) => {
+                event.paths.is_empty()
+                    || event.paths.iter().any(|changed| {
+                        let changed = changed.file_name();
+                        changed == name.as_deref()
+                            || changed
+                                .is_some_and(|changed| changed.to_string_lossy().starts_with(".."))
+                    })
+            }
+        };
+        if concerns_us {
+            // The receiver outlives the watcher; a send after shutdown is moot.
+            let _ = hints.send(());
+        }
+    };
+    let started = notify::recommended_watcher(handler).and_then(|mut watcher| {
+        watcher
+            .watch(&directory, notify::RecursiveMode::NonRecursive)
+            .map(|()| watcher)
+    });
+    match started {
+        Ok(watcher) => Some(watcher),
+        Err(error) => {
+            tracing::warn!(
+                directory = %directory.display(),
+                %error,
+                "cannot watch the config directory; changes are picked up by the {}-second re-check or SIGHUP",
+                POLL_EVERY.as_secs()
+            );
+            None
+        }
+    }
+}
+
+/// The file's content hash, or `None` when it cannot be read.
+fn read_hash(path: &Path) -> Option<u64> {
+    std::fs::read(path).ok().map(|bytes| hash(&bytes))
+}
+
+fn hash(bytes: &[u8]) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
+struct State {
+    path: PathBuf,
+    current: Config,
+    live: Live,
+    last_hash: Option<u64>,
+    status: watch::Sender<ReloadStatus>,
+}
+
+impl State {
+    async fn run(
+        mut self,
+        mut hints: mpsc::UnboundedReceiver<()>,
+        // Kept alive here: dropping a watcher stops its events.
+        _watcher: Option<notify::RecommendedWatcher>,
+    ) {
+        let mut hangups = hangup_signals();
+        let mut poll = tokio::time::interval(POLL_EVERY);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.tick().await;
+        loop {
+            let forced = tokio::select! {
+                hint = hints.recv() => {
+                    if hint.is_none() {
+                        return;
+                    }
+                    debounce(&mut hints).await;
+                    false
+                }
+                () = next_hangup(&mut hangups) => {
+                    tracing::info!(path = %self.path.display(), "SIGHUP: reloading the config");
+                    true
+                }
+                _ = poll.tick() => false,
+            };
+            self.reload(forced);
+        }
+    }
+
+    /// Reads the file and applies it if it changed (or if `forced`).
+    fn reload(&mut self, forced: bool) {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(error) => {
+                // Reported once per disappearance, not at every re-check.
+                if self.last_hash.take().is_some() || forced {
+                    self.reject(format!(
+                        "cannot read {}: {error}; keeping the last good settings",
+                        self.path.display()
+                    ));
+                }
+                return;
+            }
+        };
+        let new_hash = hash(text.as_bytes());
+        if self.last_hash == Some(new_hash) && !forced {
+            return;
+        }
+        self.last_hash = Some(new_hash);
+        match config::parse(&text, Source::File(self.path.clone())) {
+            Err(error) => self.reject(format!("{error}; keeping the last good settings")),
+            Ok(new) => self.apply(new),
+        }
+    }
+
+    fn reject(&self, error: String) {
+        tracing::warn!("config reload rejected: {error}");
+        if let Some(metrics) = &self.live.metrics {
+            metrics.record_reload(ReloadResult::Rejected);
+        }
+        self.status.send_modify(|status| {
+            status.at = Some(now());
+            status.ok = false;
+            status.error = Some(error);
+            status.applied.clear();
+            status.reloads += 1;
+        });
+    }
+
+    fn apply(&mut self, new: Config) {
+        let mut applied = Vec::new();
+        if new.subagents != self.current.subagents {
+            let changes = differences(
+                &RawSubagentSettings::from(self.current.subagents.clone()),
+                &RawSubagentSettings::from(new.subagents.clone()),
+            );
+            self.live
+                .runtime
+                .registry()
+                .settings_handle()
+                .publish(new.subagents.clone());
+            applied.push(format!("[agent.subagents] {changes}"));
+            self.current.subagents = new.subagents.clone();
+        }
+        if new.agents != self.current.agents {
+            let agents = wiring::agents(&new, &self.live.providers).and_then(|agents| {
+                self.live
+                    .runtime
+                    .replace_agents(agents)
+                    .map_err(anyhow::Error::from)
+            });
+            match agents {
+                Ok(()) => {
+                    let changed: Vec<&str> = new
+                        .agents
+                        .iter()
+                        .filter(|(name, profile)| self.current.agents.get(*name) != Some(profile))
+                        .map(|(name, _)| name.as_str())
+                        .chain(
+                            self.current
+                                .agents
+                                .keys()
+                                .filter(|name| !new.agents.contains_key(*name))
+                                .map(String::as_str),
+                        )
+                        .collect();
+                    applied.push(format!(
+                        "[agents] {} (new tasks use them)",
+                        changed.join(", ")
+                    ));
+                    self.current.agents = new.agents.clone();
+                }
+                Err(error) => {
+                    // Settings already published stay; report the rest.
+                    self.reject(format!("{error:#}; the agents were not changed"));
+                    return;
+                }
+            }
+        }
+        let restart_required =
+            changed_sections(&self.current.restart_sections, &new.restart_sections);
+        for section in &restart_required {
+            tracing::warn!(
+                "restart required: [{section}] changed in {}; the running values stay until deputy restarts",
+                self.path.display()
+            );
+        }
+        if applied.is_empty() {
+            tracing::info!(path = %self.path.display(), "config re-read: nothing to apply");
+        }
+        for line in &applied {
+            tracing::info!(path = %self.path.display(), "config reloaded: {line}");
+        }
+        if let Some(metrics) = &self.live.metrics {
+            metrics.record_reload(ReloadResult::Applied);
+        }
+        self.status.send_modify(|status| {
+            status.at = Some(now());
+            status.ok = true;
+            status.error = None;
+            status.applied = applied;
+            status.restart_required = restart_required;
+            status.reloads += 1;
+        });
+    }
+}
+
+/// `max_concurrent 2 -> 4, queue_wait_ms 30000 -> 0`.
+fn differences(old: &RawSubagentSettings, new: &RawSubagentSettings) -> String {
+    let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return "changed".to_owned();
+    };
+    let changes: Vec<String> = new
+        .iter()
+        .filter(|(key, value)| old.get(*key) != Some(*value))
+        .map(|(key, value)| {
+            let before = old
+                .get(key)
+                .map_or_else(|| "unset".to_owned(), ToString::to_string);
+            format!("{key} {before} -> {value}")
+        })
+        .collect();
+    changes.join(", ")
+}
+
+/// Top-level sections (and `agent.*` keys) that differ.
+fn changed_sections(old: &toml::Table, new: &toml::Table) -> Vec<String> {
+    let mut changed = Vec::new();
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for key in keys {
+        if old.get(key) != new.get(key) {
+            changed.push(key.clone());
+        }
+    }
+    changed
+}
+
+/// Waits until no hint has arrived for [`DEBOUNCE`], at most
+/// [`MAX_DEBOUNCE`] in all.
+///
+/// Cancel safety: hints are only drained, so dropping it loses nothing
+/// that matters (the file is read afterwards anyway).
+async fn debounce(hints: &mut mpsc::UnboundedReceiver<()>) {
+    let deadline = tokio::time::Instant::now() + MAX_DEBOUNCE;
+    loop {
+        let quiet = tokio::time::sleep(DEBOUNCE);
+        tokio::select! {
+            hint = hints.recv() => {
+                if hint.is_none() || tokio::time::Instant::now() >= deadline {
+                    return;
+                }
+            }
+            () = quiet => return,
+        }
+    }
+}
+
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = Option<()>;
+
+#[cfg(unix)]
+fn hangup_signals() -> Hangups {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signals) => Some(signals),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; reloads follow file changes only");
+            None
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn hangup_signals() -> Hangups {
+    None
+}
+
+/// The next SIGHUP; never, without a signal stream.
+async fn next_hangup(hangups: &mut Hangups) {
+    #[cfg(unix)]
+    if let Some(signals) = hangups
+        && signals.recv().await.is_some()
+    {
+        return;
+    }
+    let _ = hangups;
+    std::future::pending::<()>().await;
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deputy_registry::{TaskSpec, TaskStatus};
+
+    fn config_text(max_concurrent: usize, extra: &str) -> String {
+        format!(
+            r#"
+[agent.subagents]
+max_concurrent = {max_concurrent}
+queue_wait_ms = 600000
+
+[providers.offline]
+kind = "scripted"
+
+[agents.orchestrator]
+provider = "offline"
+subagents = ["researcher"]
+
+[agents.researcher]
+provider = "offline"
+description = "first"
+{extra}"#
+        )
+    }
+
+    /// A config file in a fresh directory, its stack and its reloader.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        stack: wiring::Stack,
+        reloader: Reloader,
+    }
+
+    fn fixture(text: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deputy.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = config::load(&path).unwrap();
+        let stack = wiring::build(&config, "orchestrator").unwrap();
+        let live = Live {
+            runtime: stack.runtime.clone(),
+            providers: stack.providers.clone(),
+            metrics: None,
+        };
+        let reloader = Reloader::start(config, live).unwrap();
+        Fixture {
+            dir,
+            path,
+            stack,
+            reloader,
+        }
+    }
+
+    impl Fixture {
+        fn cap(&self) -> usize {
+            self.stack.runtime.registry().settings().max_concurrent()
+        }
+
+        async fn wait_for(&self, what: &str, done: impl Fn(&Self) -> bool) {
+            for _ in 0..1000 {
+                if done(self) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!(
+                "{what} did not happen within 10 s; status {:?}",
+                self.reloader.status()
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raising_the_cap_in_the_file_starts_queued_tasks() {
+        let fixture = fixture(&config_text(1, ""));
+        let registry = fixture.stack.runtime.registry().clone();
+        let (release, released) = tokio::sync::watch::channel(false);
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            let mut released = released.clone();
+            let spec = TaskSpec::new("researcher", format!("task {n}")).background(true);
+            let spawned = registry
+                .spawn(spec, move |_| async move {
+                    let _ = released.wait_for(|go| *go).await;
+                    Ok(String::new())
+                })
+                .unwrap();
+            ids.push(spawned.id);
+        }
+        assert_eq!((registry.stats().running, registry.stats().queued), (1, 2));
+
+        std::fs::write(&fixture.path, config_text(3, "")).unwrap();
+        fixture
+            .wait_for("the queued tasks starting", |_| {
+                registry.stats().running == 3
+            })
+            .await;
+        let status = fixture.reloader.status();
+        assert!(status.ok, "{status:?}");
+        assert!(
+            status
+                .applied
+                .iter()
+                .any(|line| line.contains("max_concurrent 1 -> 3")),
+            "{status:?}"
+        );
+        release.send(true).unwrap();
+        for id in ids {
+            let done = registry
+                .wait(id, Some(Duration::from_secs(10)))
+                .await
+                .unwrap();
+            assert_eq!(done.task.status, TaskStatus::Completed);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_edit_is_kept_out_and_reported_until_a_good_one() {
+        let fixture = fixture(&config_text(2, ""));
+        std::fs::write(
+            &fixture.path,
+            "[agent.subagents]\nmax_concurrent = \"many\"\n",
+        )
+        .unwrap();
+        fixture
+            .wait_for("the bad edit being reported", |f| !f.reloader.status().ok)
+            .await;
+        let error = fixture.reloader.status().error.unwrap();
+        assert!(error.contains("line 2, column 18"), "{error}");
+        assert!(error.contains("keeping the last good settings"), "{error}");
+        assert_eq!(fixture.cap(), 2);
+
+        // Half-written and empty files are kept out the same way.
+        std::fs::write(&fixture.path, "[agent.subagents\n").unwrap();
+        fixture
+            .wait_for("the half-written file being reported", |f| {
+                f.reloader
+                    .status()
+                    .error
+                    .is_some_and(|error| error.contains("line 1"))
+            })
+            .await;
+        std::fs::write(&fixture.path, "").unwrap();
+        fixture
+            .wait_for("the empty file being reported", |f| {
+                f.reloader
+                    .status()
+                    .error
+                    .is_some_and(|error| error.contains("the file is empty"))
+            })
+            .await;
+        assert_eq!(fixture.cap(), 2);
+
+        std::fs::write(&fixture.path, config_text(5, "")).unwrap();
+        fixture
+            .wait_for("the good edit applying", |f| f.cap() == 5)
+            .await;
+        assert!(fixture.reloader.status().ok);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_save_by_rename_is_seen() {
+        let fixture = fixture(&config_text(2, ""));
+        let temporary = fixture.dir.path().join(".deputy.toml.swp");
+        std::fs::write(&temporary, config_text(4, "")).unwrap();
+        std::fs::rename(&temporary, &fixture.path).unwrap();
+        fixture
+            .wait_for("the renamed file applying", |f| f.cap() == 4)
+            .await;
+        // And the watch survives it: a second rename-save applies too.
+        std::fs::write(&temporary, config_text(6, "")).unwrap();
+        std::fs::rename(&temporary, &fixture.path).unwrap();
+        fixture
+            .wait_for("the second rename applying", |f| f.cap() == 6)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delete_and_recreate_keeps_the_settings_then_applies() {
+        let fixture = fixture(&config_text(2, ""));
+        std::fs::remove_file(&fixture.path).unwrap();
+        fixture
+            .wait_for("the missing file being reported", |f| {
+                f.reloader
+                    .status()
+                    .error
+                    .is_some_and(|error| error.contains("cannot read"))
+            })
+            .await;
+        assert_eq!(fixture.cap(), 2);
+        std::fs::write(&fixture.path, config_text(7, "")).unwrap();
+        fixture
+            .wait_for("the recreated file applying", |f| f.cap() == 7)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn truncate_then_write_applies_the_final_content() {
+        use std::io::Write as _;
+        let fixture = fixture(&config_text(2, ""));
+        let mut file = std::fs::File::create(&fixture.path).unwrap();
+        file.write_all(config_text(8, "").as_bytes()).unwrap();
+        drop(file);
+        fixture
+            .wait_for("the rewritten file applying", |f| f.cap() == 8)
+            .await;
+    }
+
+    #[cfg(unix)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kubernetes_configmap_symlink_swap_is_seen() {
+        use std::os::unix::fs::symlink;
+        // The layout a ConfigMap volume has: deputy.toml -> ..data/deputy.toml,
+        // ..data -> ..<timestamp>; an update swaps ..data atomically.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("..2026_01")).unwrap();
+        std::fs::write(root.join("..2026_01/deputy.toml"), config_text(2, "")).unwrap();
+        symlink("..2026_01", root.join("..data")).unwrap();
+        symlink("..data/deputy.toml", root.join("deputy.toml")).unwrap();
+        let path = root.join("deputy.toml");
+        let config = config::load(&path).unwrap();
+        let stack = wiring::build(&config, "orchestrator").unwrap();
+        let reloader = Reloader::start(
+            config,
+            Live {
+                runtime: stack.runtime.clone(),
+                providers: stack.providers.clone(),
+                metrics: None,
+            },
+        )
+        .unwrap();
+
+        std::fs::create_dir(root.join("..2026_02")).unwrap();
+        std::fs::write(root.join("..2026_02/deputy.toml"), config_text(9, "")).unwrap();
+        symlink("..2026_02", root.join("..data_tmp")).unwrap();
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+        std::fs::remove_dir_all(root.join("..2026_01")).unwrap();
+
+        for _ in 0..1000 {
+            if stack.runtime.registry().settings().max_concurrent() == 9 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the swapped config did not apply: {:?}", reloader.status());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn agent_profiles_apply_to_new_tasks_and_other_sections_need_a_restart() {
+        let fixture = fixture(&config_text(2, ""));
+        let text = config_text(2, "").replace(
+            "description = \"first\"",
+            "description = \"second\"\nmax_concurrent = 1",
+        ) + "\n[server]\nlisten = \"127.0.0.1:9999\"\n";
+        std::fs::write(&fixture.path, text).unwrap();
+        fixture
+            .wait_for("the new profile applying", |f| {
+                f.stack.runtime.agent("researcher").unwrap().description() == "second"
+            })
+            .await;
+        let status = fixture.reloader.status();
+        assert_eq!(
+            fixture
+                .stack
+                .runtime
+                .agent("researcher")
+                .unwrap()
+                .max_concurrent(),
+            Some(1)
+        );
+        assert!(
+            status
+                .applied
+                .iter()
+                .any(|line| line.starts_with("[agents] researcher")),
+            "{status:?}"
+        );
+        assert_eq!(status.restart_required, ["server"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn debounce_waits_for_quiet_but_not_forever() {
+        let (hints, mut receiver) = mpsc::unbounded_channel();
+        hints.send(()).unwrap();
+        let began = tokio::time::Instant::now();
+        debounce(&mut receiver).await;
+        assert_eq!(began.elapsed(), DEBOUNCE);
+
+        // A steady stream of events holds a reload back at most MAX_DEBOUNCE.
+        let sender = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if hints.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+        let began = tokio::time::Instant::now();
+        debounce(&mut receiver).await;
+        let waited = began.elapsed();
+        assert!(
+            waited >= MAX_DEBOUNCE && waited < MAX_DEBOUNCE + DEBOUNCE,
+            "{waited:?}"
+        );
+        sender.abort();
+    }
+}
