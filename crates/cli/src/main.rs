@@ -9,6 +9,7 @@
 //!
 //! Exit codes: 0 success, 1 a failed run, 2 bad usage or config.
 
+mod bench;
 mod config;
 mod config_cmd;
 mod demo;
@@ -74,6 +75,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure a scenario through the real stack and print the figures.
+    Bench {
+        #[command(subcommand)]
+        scenario: BenchScenario,
+    },
     /// Check or start a config file.
     Config {
         #[command(subcommand)]
@@ -91,6 +97,20 @@ enum Command {
         /// Simulated work time of each task, in milliseconds.
         #[arg(long, default_value_t = 300)]
         work_ms: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchScenario {
+    /// Time from writing a raised `max_concurrent` into the config file to
+    /// the first newly admitted task.
+    Reload {
+        /// How many raises to measure.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..))]
+        iterations: u16,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -182,6 +202,11 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
                 config_cmd::check(&config)
             }
         },
+        Command::Bench {
+            scenario: BenchScenario::Reload { iterations, json },
+        } => bench::reload(usize::from(iterations), json)
+            .await
+            .map_err(CliError::failed),
         Command::Demo {
             tasks,
             cap,

@@ -213,12 +213,12 @@ impl State {
                 }
                 _ = poll.tick() => false,
             };
-            self.reload(forced);
+            self.reload(forced).await;
         }
     }
 
     /// Reads the file and applies it if it changed (or if `forced`).
-    fn reload(&mut self, forced: bool) {
+    async fn reload(&mut self, forced: bool) {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(error) => {
@@ -236,8 +236,23 @@ impl State {
         if self.last_hash == Some(new_hash) && !forced {
             return;
         }
-        self.last_hash = Some(new_hash);
-        match config::parse(&text, Source::File(self.path.clone())) {
+        let mut parsed = config::parse(&text, Source::File(self.path.clone()));
+        if parsed.is_err() {
+            // A save may be caught half-way (truncated, not yet written):
+            // look once more before calling the edit bad.
+            tokio::time::sleep(DEBOUNCE).await;
+            if let Ok(again) = std::fs::read_to_string(&self.path)
+                && again != text
+            {
+                parsed = config::parse(&again, Source::File(self.path.clone()));
+                self.last_hash = Some(hash(again.as_bytes()));
+            } else {
+                self.last_hash = Some(new_hash);
+            }
+        } else {
+            self.last_hash = Some(new_hash);
+        }
+        match parsed {
             Err(error) => self.reject(format!("{error}; keeping the last good settings")),
             Ok(new) => self.apply(new),
         }
