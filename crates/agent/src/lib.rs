@@ -68,7 +68,7 @@ pub use report::{RunOutput, RunReport, TaskSummary};
 pub use run::RunHandle;
 pub use runtime::{
     DEFAULT_MAX_DEPTH, DEFAULT_MAX_RESULT_CHARS, DEFAULT_MAX_TOOL_OUTPUT_CHARS, DEFAULT_MAX_WAIT,
-    OnFinish, Runtime, RuntimeBuilder,
+    OnFinish, Runtime, RuntimeBuilder, TaskOptions,
 };
 pub use task_tools::{GET_TASK_RESULT, LIST_TASKS, SPAWN_AGENT, STOP_TASK};
 pub use tool::{Tool, ToolContext, ToolError};

@@ -39,6 +39,21 @@ struct RunTasks {
 }
 
 impl RunShared {
+    /// Shared state for a task with no run around it (started by a host
+    /// with `Runtime::spawn_task`): nobody reads its events, so nothing
+    /// waits on a reader.
+    pub(crate) fn detached() -> Arc<Self> {
+        let (events, _) = mpsc::unbounded_channel();
+        let (flush, _) = mpsc::unbounded_channel();
+        Arc::new(Self {
+            events,
+            flush,
+            usage: Mutex::new(Usage::default()),
+            tasks: Mutex::new(RunTasks::default()),
+            root_turns: AtomicU32::new(0),
+        })
+    }
+
     /// Sends an event; a reader that went away is not an error.
     pub(crate) fn emit(&self, event: RunEvent) {
         let _ignored = self.events.send(event);

@@ -3,14 +3,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deputy_registry::{HookStack, Registry, SettingsHandle, ShutdownReport, TaskSpec};
+use deputy_registry::{HookStack, Registry, SettingsHandle, ShutdownReport, Spawned, TaskSpec};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{Agent, Subagents};
+use crate::agent_loop::AgentRun;
 use crate::error::{BuildError, RunError};
 use crate::report::RunOutput;
-use crate::run::RunHandle;
+use crate::run::{RunHandle, RunShared};
 
 /// Nesting allowed below a run when none is configured: the orchestrator's
 /// sub-agents are depth 1, theirs depth 2, and theirs depth 3.
@@ -40,6 +41,16 @@ pub enum OnFinish {
     /// still wait for their own children, whose results would otherwise
     /// have nobody to go to.
     Detach,
+}
+
+/// What a host may add to a task it starts with [`Runtime::spawn_task`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskOptions {
+    /// Background the agent gets with the task (appended under
+    /// `Context:`).
+    pub context: Option<String>,
+    /// Turns before it must answer, instead of the agent's `max_turns`.
+    pub max_turns: Option<u32>,
 }
 
 /// The limits a runtime applies to delegation and to what models read.
@@ -235,6 +246,61 @@ impl Runtime {
             return Err(RunError::EmptyPrompt);
         }
         RunHandle::start(self.inner.clone(), agent, prompt)
+    }
+
+    /// Starts `agent` on `task` as a background sub-agent of the host, with
+    /// no run around it: the registry admits it under its cap and queue like
+    /// any sub-agent (so a full registry refuses it), its SubagentStart and
+    /// SubagentStop hooks fire, and its result is read from the registry
+    /// (`wait`, `get`, `take_finished(None)`). For servers and other hosts
+    /// that hand out work one task at a time.
+    ///
+    /// # Errors
+    /// The agent is unknown, the task is empty, or the registry refused it
+    /// (disabled, full with no queue wait, queue full, shutting down).
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub fn spawn_task(
+        &self,
+        agent: &str,
+        task: &str,
+        options: TaskOptions,
+    ) -> Result<Spawned, RunError> {
+        let agent = self
+            .inner
+            .agent(agent)
+            .ok_or_else(|| RunError::UnknownAgent {
+                name: agent.to_owned(),
+                available: self.inner.agent_names(),
+            })?;
+        if task.trim().is_empty() {
+            return Err(RunError::EmptyPrompt);
+        }
+        let text = match options.context.as_deref().map(str::trim) {
+            Some(context) if !context.is_empty() => format!("{task}\n\nContext:\n{context}"),
+            _ => task.to_owned(),
+        };
+        let spec = spec_for(&agent, text.clone()).background(true);
+        let max_turns = options.max_turns.unwrap_or(agent.max_turns);
+        // Nobody collects this task's own children once it has answered.
+        let on_finish = match self.inner.limits.on_finish {
+            OnFinish::Cancel => OnFinish::Cancel,
+            OnFinish::Wait | OnFinish::Detach => OnFinish::Wait,
+        };
+        let runtime = self.inner.clone();
+        let spawned = self.inner.registry.spawn(spec, move |context| {
+            AgentRun::new(
+                runtime,
+                agent,
+                context,
+                RunShared::detached(),
+                max_turns,
+                on_finish,
+            )
+            .run(text)
+        })?;
+        Ok(spawned)
     }
 
     /// Runs `agent` on `prompt` to its answer.

@@ -9,6 +9,7 @@
 //!
 //! Exit codes: 0 success, 1 a failed run, 2 bad usage or config.
 
+mod api;
 mod bench;
 mod config;
 mod config_cmd;
@@ -16,6 +17,7 @@ mod demo;
 mod exit;
 mod reload;
 mod run_cmd;
+mod serve;
 mod toml_error;
 mod wiring;
 
@@ -74,6 +76,13 @@ enum Command {
         /// streaming the answer.
         #[arg(long)]
         json: bool,
+    },
+    /// Serve the HTTP API (tasks, runs, settings, events, metrics) until
+    /// SIGTERM or Ctrl-C, reloading the config live.
+    Serve {
+        /// The address to listen on (default: `[server] listen`).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Measure a scenario through the real stack and print the figures.
     Bench {
@@ -202,6 +211,10 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
                 config_cmd::check(&config)
             }
         },
+        Command::Serve { listen } => {
+            let config = load_config(cli.config.as_deref(), true)?;
+            serve::serve(config, listen).await
+        }
         Command::Bench {
             scenario: BenchScenario::Reload { iterations, json },
         } => bench::reload(usize::from(iterations), json)

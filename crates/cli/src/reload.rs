@@ -115,6 +115,11 @@ impl Reloader {
     pub(crate) fn status(&self) -> ReloadStatus {
         self.status.borrow().clone()
     }
+
+    /// A receiver that sees every new status.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<ReloadStatus> {
+        self.status.clone()
+    }
 }
 
 /// Starts a directory watcher that sends a hint for every event that may

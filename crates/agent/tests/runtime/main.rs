@@ -9,6 +9,7 @@
 mod common;
 
 mod delivery;
+mod host_tasks;
 mod limits;
 mod loop_behaviour;
 mod orchestration;

@@ -1,0 +1,604 @@
+//! The HTTP API of `deputy serve`: routes, their JSON, and errors in one
+//! shape, `{"error": {"code": "...", "message": "..."}}`.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use deputy_agent::{RunError, RunOutput, RunReport, Runtime, TaskOptions};
+use deputy_hooks::Metrics;
+use deputy_registry::{
+    CancelOutcome, RawSubagentSettings, SelectionRequest, SpawnError, TaskFilter, TaskId,
+    TaskSnapshot, TaskStatus,
+};
+use futures::Stream;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, watch};
+
+use crate::reload::ReloadStatus;
+
+/// How many runs are remembered; the oldest finished ones go first.
+const MAX_RUNS: usize = 1000;
+/// The longest a `?wait=true` request may wait.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runtime: Runtime,
+    orchestrator: String,
+    metrics: Option<Arc<Metrics>>,
+    reload: Option<watch::Receiver<ReloadStatus>>,
+    token: Option<String>,
+    runs: Mutex<Runs>,
+}
+
+#[derive(Default)]
+struct Runs {
+    by_id: HashMap<TaskId, RunEntry>,
+    order: VecDeque<TaskId>,
+}
+
+struct RunEntry {
+    agent: String,
+    prompt: String,
+    created_at: SystemTime,
+    result: watch::Receiver<Option<RunResult>>,
+}
+
+/// A finished run: its answer or error, and what it did.
+#[derive(Clone)]
+struct RunResult {
+    status: &'static str,
+    answer: Option<String>,
+    error: Option<String>,
+    report: RunReport,
+}
+
+impl AppState {
+    pub(crate) fn new(
+        runtime: Runtime,
+        orchestrator: String,
+        metrics: Option<Arc<Metrics>>,
+        reload: Option<watch::Receiver<ReloadStatus>>,
+        token: Option<String>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                runtime,
+                orchestrator,
+                metrics,
+                reload,
+                token,
+                runs: Mutex::new(Runs::default()),
+            }),
+        }
+    }
+}
+
+/// Every route, behind the token check and the body limit.
+pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let protected = Router::new()
+        .route("/v1/tasks", get(list_tasks).post(create_task))
+        .route("/v1/tasks/{id}", get(get_task).delete(cancel_task))
+        .route("/v1/runs", axum::routing::post(create_run))
+        .route("/v1/runs/{id}", get(get_run))
+        .route("/v1/settings", get(settings))
+        .route("/v1/events", get(events))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(protected)
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route; see README for the API",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// An error in the API's one shape.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        // Every bad body is a 400 (axum says 422 for well-formed JSON of
+        // the wrong shape), but a too-large one is a 413.
+        let (status, code) = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+        } else {
+            (StatusCode::BAD_REQUEST, "bad_request")
+        };
+        Self::new(
+            status,
+            code,
+            format!("invalid JSON body: {}", rejection.body_text()),
+        )
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::bad_request(format!("invalid query: {}", rejection.body_text()))
+    }
+}
+
+async fn require_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = &state.inner.token else {
+        return next.run(request).await;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match given {
+        Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send the server's token as `Authorization: Bearer <token>`",
+        )
+        .into_response(),
+    }
+}
+
+/// Compares without stopping at the first difference, so response time
+/// says nothing about how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A task as the API shows it; `full` adds its result or error.
+fn task_json(task: &TaskSnapshot, full: bool) -> Value {
+    let mut value = json!({
+        "task_id": task.id,
+        "agent": task.agent,
+        "status": task.status,
+        "task": task.task,
+        "parent_id": task.parent_id,
+        "created_at": rfc3339(task.created_at),
+        "started_at": task.started_at.map(rfc3339),
+        "ended_at": task.ended_at.map(rfc3339),
+        "queued_ms": millis(task.queued_for),
+        "duration_ms": task.run_time.map(millis),
+        "usage": task.usage,
+    });
+    if full {
+        value["result"] = json!(task.output);
+        value["error"] = json!(task.failure);
+    }
+    value
+}
+
+fn parse_id(id: &str) -> Result<TaskId, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::bad_request(format!("{id:?} is not a task id (a UUID)")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTask {
+    agent: Option<String>,
+    task: String,
+    context: Option<String>,
+    max_turns: Option<u32>,
+}
+
+async fn create_task(
+    State(state): State<AppState>,
+    body: Result<Json<CreateTask>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(body) = body?;
+    if let Some(turns) = body.max_turns
+        && !(1..=1000).contains(&turns)
+    {
+        return Err(ApiError::bad_request(format!(
+            "max_turns must be between 1 and 1000, got {turns}"
+        )));
+    }
+    let runtime = &state.inner.runtime;
+    let agent = match body.agent.as_deref() {
+        Some(name) if name != "auto" && !name.is_empty() => name.to_owned(),
+        _ => {
+            let agents = runtime.agents();
+            let workers: Vec<_> = agents
+                .iter()
+                .filter(|agent| **agent.name() != *state.inner.orchestrator || agents.len() == 1)
+                .map(|agent| agent.candidate())
+                .collect();
+            let request = SelectionRequest {
+                agent: None,
+                task: &body.task,
+                required_capabilities: &[],
+            };
+            runtime
+                .registry()
+                .select_agent(&request, &workers)
+                .map_err(|error| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no_agent",
+                        error.to_string(),
+                    )
+                })?
+                .agent
+                .to_string()
+        }
+    };
+    let options = TaskOptions {
+        context: body.context,
+        max_turns: body.max_turns,
+    };
+    match runtime.spawn_task(&agent, &body.task, options) {
+        Ok(spawned) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"task_id": spawned.id, "agent": agent, "status": spawned.status})),
+        )),
+        Err(error) => Err(run_error(error)),
+    }
+}
+
+fn run_error(error: RunError) -> ApiError {
+    let message = error.to_string();
+    match error {
+        RunError::UnknownAgent { .. } => {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_agent", message)
+        }
+        RunError::EmptyPrompt => ApiError::bad_request(message),
+        RunError::Spawn(
+            SpawnError::AtCapacity { .. }
+            | SpawnError::AgentAtCapacity { .. }
+            | SpawnError::QueueFull { .. },
+        ) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "capacity", message),
+        RunError::Spawn(SpawnError::Disabled) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "disabled", message)
+        }
+        RunError::Spawn(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
+        _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "failed", message),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<TaskStatus>,
+}
+
+async fn list_tasks(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query?;
+    let mut filter = TaskFilter::all();
+    if let Some(status) = query.status {
+        filter = filter.status(status);
+    }
+    let tasks: Vec<Value> = state
+        .inner
+        .runtime
+        .registry()
+        .list(&filter)
+        .iter()
+        .filter(|task| !task.root)
+        .map(|task| task_json(task, false))
+        .collect();
+    Ok(Json(json!({ "tasks": tasks })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    #[serde(default)]
+    wait: bool,
+    timeout_ms: Option<u64>,
+}
+
+impl WaitQuery {
+    fn limit(&self) -> Duration {
+        self.timeout_ms
+            .map_or(MAX_WAIT, Duration::from_millis)
+            .min(MAX_WAIT)
+    }
+}
+
+async fn get_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query?;
+    let id = parse_id(&id)?;
+    let registry = state.inner.runtime.registry();
+    let unknown = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_task",
+            format!("no task {id}"),
+        )
+    };
+    let task = if query.wait {
+        registry
+            .wait(id, Some(query.limit()))
+            .await
+            .map_err(|_| unknown())?
+            .task
+    } else {
+        registry.get(id).ok_or_else(unknown)?
+    };
+    Ok(Json(task_json(&task, true)))
+}
+
+async fn cancel_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Response> {
+    let id = parse_id(&id).map_err(IntoResponse::into_response)?;
+    match state.inner.runtime.registry().cancel(id) {
+        Ok(CancelOutcome::Cancelled { .. }) => {
+            Ok(Json(json!({"task_id": id, "status": TaskStatus::Cancelled})))
+        }
+        Ok(CancelOutcome::AlreadyFinished { status }) => Err((
+            StatusCode::CONFLICT,
+            Json(json!({
+                "task_id": id,
+                "status": status,
+                "error": {"code": "already_finished", "message": format!("task {id} had already ended: {status}")},
+            })),
+        )
+            .into_response()),
+        Err(_) => Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_task", format!("no task {id}")).into_response()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRun {
+    prompt: String,
+    agent: Option<String>,
+}
+
+async fn create_run(
+    State(state): State<AppState>,
+    body: Result<Json<CreateRun>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(body) = body?;
+    let agent = body
+        .agent
+        .unwrap_or_else(|| state.inner.orchestrator.clone());
+    let handle = state
+        .inner
+        .runtime
+        .start(&agent, body.prompt.clone())
+        .map_err(run_error)?;
+    let run_id = handle.run_id();
+    let (sender, result) = watch::channel(None);
+    tokio::spawn(async move {
+        let outcome = match handle.finish().await {
+            Ok(RunOutput { answer, report }) => RunResult {
+                status: "completed",
+                answer: Some(answer),
+                error: None,
+                report,
+            },
+            Err(RunError::Failed { failure, report }) => RunResult {
+                status: "failed",
+                answer: None,
+                error: Some(failure.to_string()),
+                report: *report,
+            },
+            Err(RunError::Cancelled { report }) => RunResult {
+                status: "cancelled",
+                answer: None,
+                error: Some("the run was cancelled".to_owned()),
+                report: *report,
+            },
+            Err(other) => {
+                tracing::warn!(%other, "a run ended without a report");
+                return;
+            }
+        };
+        let _ = sender.send(Some(outcome));
+    });
+    let mut runs = state.inner.runs.lock();
+    runs.by_id.insert(
+        run_id,
+        RunEntry {
+            agent,
+            prompt: body.prompt,
+            created_at: SystemTime::now(),
+            result,
+        },
+    );
+    runs.order.push_back(run_id);
+    while runs.order.len() > MAX_RUNS {
+        let oldest = runs.order.pop_front();
+        if let Some(oldest) = oldest {
+            runs.by_id.remove(&oldest);
+        }
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({ "run_id": run_id }))))
+}
+
+async fn get_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query?;
+    let id = parse_id(&id)?;
+    let (agent, prompt, created_at, mut result) = {
+        let runs = state.inner.runs.lock();
+        let entry = runs.by_id.get(&id).ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_run", format!("no run {id}"))
+        })?;
+        (
+            entry.agent.clone(),
+            entry.prompt.clone(),
+            entry.created_at,
+            entry.result.clone(),
+        )
+    };
+    if query.wait {
+        let _ = tokio::time::timeout(query.limit(), result.wait_for(Option::is_some)).await;
+    }
+    let finished = result.borrow().clone();
+    let mut value = json!({
+        "run_id": id,
+        "agent": agent,
+        "prompt": prompt,
+        "created_at": rfc3339(created_at),
+    });
+    match finished {
+        Some(done) => {
+            value["status"] = json!(done.status);
+            value["answer"] = json!(done.answer);
+            value["error"] = json!(done.error);
+            value["usage"] = json!(done.report.usage);
+            value["duration_ms"] = json!(millis(done.report.duration));
+            value["tasks"] = json!(done.report.tasks);
+        }
+        None => {
+            let children: Vec<Value> = state
+                .inner
+                .runtime
+                .registry()
+                .list(&TaskFilter::all().parent(id))
+                .iter()
+                .map(|task| task_json(task, false))
+                .collect();
+            value["status"] = json!("running");
+            value["tasks"] = json!(children);
+        }
+    }
+    Ok(Json(value))
+}
+
+async fn settings(State(state): State<AppState>) -> Json<Value> {
+    let registry = state.inner.runtime.registry();
+    let stats = registry.stats();
+    let live = RawSubagentSettings::from((*registry.settings()).clone());
+    let reload = state
+        .inner
+        .reload
+        .as_ref()
+        .map(|status| status.borrow().clone());
+    Json(json!({
+        "subagents": live,
+        "running": stats.running,
+        "queued": stats.queued,
+        "reload": reload,
+    }))
+}
+
+async fn events(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let receiver = state.inner.runtime.registry().subscribe();
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+        let event = match receiver.recv().await {
+            Ok(event) => Event::default()
+                .event(event_name(&event))
+                .json_data(&event)
+                .unwrap_or_else(|_| Event::default().event("error")),
+            Err(broadcast::error::RecvError::Lagged(missed)) => Event::default()
+                .event("lagged")
+                .data(format!("{missed} events were missed; re-read /v1/tasks")),
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(event), receiver))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+fn event_name(event: &deputy_registry::RegistryEvent) -> &'static str {
+    use deputy_registry::RegistryEvent as E;
+    match event {
+        E::Queued { .. } => "queued",
+        E::Started { .. } => "started",
+        E::Finished { .. } => "finished",
+        E::HookFailed { .. } => "hook_failed",
+        E::SettingsApplied { .. } => "settings_applied",
+        _ => "event",
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    match &state.inner.metrics {
+        Some(metrics) => (
+            [(header::CONTENT_TYPE, deputy_hooks::CONTENT_TYPE)],
+            metrics.render(),
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "metrics_off",
+            "metrics are off; add a [hooks.metrics] section to the config",
+        )
+        .into_response(),
+    }
+}

@@ -1,0 +1,587 @@
+//! `deputy serve`, run as a process and driven over HTTP on 127.0.0.1.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly on unexpected states"
+)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// A running server; killed when dropped.
+struct Server {
+    child: Child,
+    base: String,
+    stderr: Arc<Mutex<String>>,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Starts `deputy serve` on a free port with `config` in a fresh
+    /// directory, and `env` added to its environment.
+    fn start(config: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("deputy.toml"), config).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_deputy"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .current_dir(dir.path())
+            .env_remove("DEPUTY_CONFIG")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (address_sender, address) = std::sync::mpsc::channel();
+        let reader = BufReader::new(child.stderr.take().unwrap());
+        let log = stderr.clone();
+        // Keeps reading, so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in reader.lines().map_while(Result::ok) {
+                if let Some(address) = line.strip_prefix("deputy serve: listening on ") {
+                    let _ = address_sender.send(address.to_owned());
+                }
+                log.lock().unwrap().push_str(&line);
+                log.lock().unwrap().push('\n');
+            }
+        });
+        let base = address
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("the server did not start: {}", stderr.lock().unwrap()));
+        Self {
+            child,
+            base,
+            stderr,
+            dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("deputy.toml")
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    fn terminate(&mut self) -> Option<i32> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for _ in 0..600 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the server did not stop: {}", self.log());
+    }
+}
+
+fn config(latency_ms: u64, subagents: &str, extra: &str) -> String {
+    format!(
+        r#"
+[agent.subagents]
+{subagents}
+
+[providers.offline]
+kind = "scripted"
+latency_ms = {latency_ms}
+
+[agents.orchestrator]
+provider = "offline"
+subagents = ["researcher"]
+
+[agents.researcher]
+provider = "offline"
+
+[hooks.metrics]
+{extra}"#
+    )
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: Value) -> (u16, Value) {
+    let response = client.post(url).json(&body).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let response = client.get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_spawned_listed_waited_for_and_cancelled() {
+    let server = Server::start(&config(200, "max_concurrent = 4", ""), &[]);
+    let client = reqwest::Client::new();
+
+    let (status, created) = post(
+        &client,
+        &server.url("/v1/tasks"),
+        json!({"agent": "researcher", "task": "Summarise Go", "context": "one paragraph"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{created}");
+    assert_eq!(created["agent"], "researcher");
+    let id = created["task_id"].as_str().unwrap().to_owned();
+
+    let (status, listed) = get(&client, &server.url("/v1/tasks")).await;
+    assert_eq!(status, 200);
+    assert!(
+        listed["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|task| task["task_id"] == id.as_str())
+    );
+
+    let (status, done) = get(
+        &client,
+        &server.url(&format!("/v1/tasks/{id}?wait=true&timeout_ms=10000")),
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], "completed");
+    assert!(
+        done["result"].as_str().unwrap().contains("Summarise Go"),
+        "{done}"
+    );
+    assert!(done["usage"]["requests"].as_u64().unwrap() >= 1);
+
+    let (_, completed) = get(&client, &server.url("/v1/tasks?status=completed")).await;
+    assert_eq!(completed["tasks"].as_array().unwrap().len(), 1);
+
+    // "auto" picks a worker, never the orchestrator.
+    let (status, auto) = post(
+        &client,
+        &server.url("/v1/tasks"),
+        json!({"task": "Summarise Rust"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(auto["agent"], "researcher");
+    let running = auto["task_id"].as_str().unwrap().to_owned();
+    let response = client
+        .delete(server.url(&format!("/v1/tasks/{running}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, json!({"task_id": running, "status": "cancelled"}));
+
+    // Cancelling what already ended is a conflict that says how it ended.
+    let response = client
+        .delete(server.url(&format!("/v1/tasks/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 409);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "completed");
+
+    let (status, body) = get(&client, &server.url("/v1/tasks/not-an-id")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not a task id")
+    );
+    let (status, body) = get(
+        &client,
+        &server.url("/v1/tasks/0b7e5f8e-2d9a-4d77-9a39-8f0c8b1e2a11"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("unknown_task"))
+    );
+    let (status, body) = post(
+        &client,
+        &server.url("/v1/tasks"),
+        json!({"agent": "writer", "task": "x"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("unknown_agent"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_registry_answers_429_and_bad_bodies_400_or_413() {
+    let server = Server::start(
+        &config(
+            5000,
+            "max_concurrent = 1\nqueue_wait_ms = 0",
+            "\n[server]\nmax_body_bytes = 1024\n",
+        ),
+        &[],
+    );
+    let client = reqwest::Client::new();
+    let (status, _) = post(&client, &server.url("/v1/tasks"), json!({"task": "first"})).await;
+    assert_eq!(status, 202);
+    let (status, body) = post(&client, &server.url("/v1/tasks"), json!({"task": "second"})).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "capacity");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum concurrent sub-agents (1) reached")
+    );
+
+    let response = client
+        .post(server.url("/v1/tasks"))
+        .header("content-type", "application/json")
+        .body("{\"task\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid JSON body"),
+        "{body}"
+    );
+
+    let (status, body) = post(
+        &client,
+        &server.url("/v1/tasks"),
+        json!({"task": "x", "colour": "red"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `colour`"),
+        "{body}"
+    );
+
+    let (status, body) = post(
+        &client,
+        &server.url("/v1/tasks"),
+        json!({"task": "x".repeat(4096)}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_guards_every_route_but_healthz() {
+    let server = Server::start(
+        &config(10, "", "\n[server]\ntoken_env = \"DEPUTY_TEST_TOKEN\"\n"),
+        &[("DEPUTY_TEST_TOKEN", "s3cret-token")],
+    );
+    let client = reqwest::Client::new();
+    let response = client.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    for route in ["/v1/tasks", "/v1/settings", "/metrics"] {
+        let response = client.get(server.url(route)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 401, "{route}");
+        let response = client
+            .get(server.url(route))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 401, "{route}");
+        let response = client
+            .get(server.url(route))
+            .bearer_auth("s3cret-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{route}");
+    }
+    assert!(!server.log().contains("s3cret-token"));
+}
+
+#[test]
+fn it_refuses_a_public_address_without_a_token_and_an_unset_token() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("deputy.toml"), config(10, "", "")).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_deputy"))
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("refusing to listen on 0.0.0.0:0 without a token")
+    );
+
+    std::fs::write(
+        dir.path().join("deputy.toml"),
+        config(
+            10,
+            "",
+            "\n[server]\ntoken_env = \"DEPUTY_TEST_UNSET_TOKEN\"\n",
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_deputy"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("DEPUTY_TEST_UNSET_TOKEN, which is unset or empty")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_metrics_and_events_are_served() {
+    let server = Server::start(&config(50, "", ""), &[]);
+    let client = reqwest::Client::new();
+
+    let mut events = client.get(server.url("/v1/events")).send().await.unwrap();
+    assert_eq!(events.status().as_u16(), 200);
+
+    let (status, created) = post(
+        &client,
+        &server.url("/v1/runs"),
+        json!({"prompt": "Compare Go and Rust"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{created}");
+    let run_id = created["run_id"].as_str().unwrap().to_owned();
+    let (status, run) = get(
+        &client,
+        &server.url(&format!("/v1/runs/{run_id}?wait=true&timeout_ms=20000")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(run["status"], "completed", "{run}");
+    assert!(
+        run["answer"]
+            .as_str()
+            .unwrap()
+            .contains("from 2 sub-agent results")
+    );
+    assert_eq!(run["tasks"].as_array().unwrap().len(), 2);
+
+    let mut seen = String::new();
+    while !seen.contains("event: finished") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), events.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("event: started"), "{seen}");
+    assert!(seen.contains("\"type\":\"finished\""), "{seen}");
+
+    let response = client.get(server.url("/metrics")).send().await.unwrap();
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains(
+            "deputy_subagents_finished_total{agent=\"researcher\",status=\"completed\"} 2"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_the_file_raises_the_cap_for_queued_tasks_and_a_bad_edit_is_reported() {
+    let server = Server::start(
+        &config(3000, "max_concurrent = 1\nqueue_wait_ms = 600000", ""),
+        &[],
+    );
+    let client = reqwest::Client::new();
+    for n in 0..3 {
+        let (status, _) = post(
+            &client,
+            &server.url("/v1/tasks"),
+            json!({"task": format!("task {n}")}),
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    let (_, settings) = get(&client, &server.url("/v1/settings")).await;
+    assert_eq!(
+        (settings["running"].as_u64(), settings["queued"].as_u64()),
+        (Some(1), Some(2)),
+        "{settings}"
+    );
+
+    let text = std::fs::read_to_string(server.config_path())
+        .unwrap()
+        .replace("max_concurrent = 1", "max_concurrent = 3");
+    std::fs::write(server.config_path(), text).unwrap();
+    let mut settings = Value::Null;
+    for _ in 0..200 {
+        settings = get(&client, &server.url("/v1/settings")).await.1;
+        if settings["running"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(settings["running"], 3, "{settings}");
+    assert_eq!(settings["subagents"]["max_concurrent"], 3);
+    assert_eq!(settings["reload"]["ok"], true);
+    assert!(
+        server
+            .log()
+            .contains("config reloaded: [agent.subagents] max_concurrent 1 -> 3"),
+        "{}",
+        server.log()
+    );
+
+    std::fs::write(
+        server.config_path(),
+        "[agent.subagents]\nmax_concurrent = -1\n",
+    )
+    .unwrap();
+    for _ in 0..200 {
+        settings = get(&client, &server.url("/v1/settings")).await.1;
+        if settings["reload"]["ok"] == false {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(settings["reload"]["ok"], false, "{settings}");
+    assert!(
+        settings["reload"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("keeping the last good settings")
+    );
+    assert_eq!(settings["subagents"]["max_concurrent"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_every_start_has_its_stop_in_the_audit_log() {
+    let mut server = Server::start(
+        &config(
+            300,
+            "max_concurrent = 2\nqueue_wait_ms = 600000",
+            "\n[hooks.audit]\npath = \"audit.jsonl\"\n\n[server]\ndrain_secs = 30\n",
+        ),
+        &[],
+    );
+    let client = reqwest::Client::new();
+    for n in 0..4 {
+        let (status, _) = post(
+            &client,
+            &server.url("/v1/tasks"),
+            json!({"task": format!("task {n}")}),
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    assert_eq!(server.terminate(), Some(0), "{}", server.log());
+    assert!(
+        server
+            .log()
+            .contains("deputy serve: stopped (every task finished)"),
+        "{}",
+        server.log()
+    );
+    assert_audit_pairs(&server.dir.path().join("audit.jsonl"), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_the_drain_limit_cancels_and_still_fires_every_stop() {
+    let mut server = Server::start(
+        &config(
+            60_000,
+            "max_concurrent = 2\nqueue_wait_ms = 600000",
+            "\n[hooks.audit]\npath = \"audit.jsonl\"\n\n[server]\ndrain_secs = 0\n",
+        ),
+        &[],
+    );
+    let client = reqwest::Client::new();
+    for n in 0..2 {
+        let (status, _) = post(
+            &client,
+            &server.url("/v1/tasks"),
+            json!({"task": format!("task {n}")}),
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    assert_eq!(server.terminate(), Some(0), "{}", server.log());
+    assert!(
+        server
+            .log()
+            .contains("2 tasks cancelled at the drain limit"),
+        "{}",
+        server.log()
+    );
+    let stops = assert_audit_pairs(&server.dir.path().join("audit.jsonl"), 2);
+    assert!(
+        stops.iter().all(|status| status == "cancelled"),
+        "{stops:?}"
+    );
+}
+
+/// Checks one start and one stop per task; returns the stop statuses.
+fn assert_audit_pairs(path: &Path, tasks: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let mut starts = std::collections::HashMap::<String, usize>::new();
+    let mut stops = std::collections::HashMap::<String, usize>::new();
+    let mut statuses = Vec::new();
+    for line in &lines {
+        let id = line["task_id"].as_str().unwrap().to_owned();
+        if line["hook_event_name"] == "SubagentStart" {
+            *starts.entry(id).or_default() += 1;
+        } else {
+            *stops.entry(id).or_default() += 1;
+            statuses.push(line["status"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(starts.len(), tasks, "{text}");
+    assert_eq!(starts, stops, "{text}");
+    assert!(starts.values().all(|count| *count == 1), "{text}");
+    statuses
+}
