@@ -11,6 +11,7 @@
 
 mod api;
 mod bench;
+mod chat;
 mod config;
 mod config_cmd;
 mod demo;
@@ -77,6 +78,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// An interactive session: each line is a prompt to the orchestrator;
+    /// background tasks keep running between prompts. Commands: /tasks,
+    /// /wait ID, /stop ID, /settings, /help, /quit.
+    Chat,
     /// Serve the HTTP API (tasks, runs, settings, events, metrics) until
     /// SIGTERM or Ctrl-C, reloading the config live.
     Serve {
@@ -211,6 +216,10 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
                 config_cmd::check(&config)
             }
         },
+        Command::Chat => {
+            let config = load_config(cli.config.as_deref(), true)?;
+            chat::chat(config).await
+        }
         Command::Serve { listen } => {
             let config = load_config(cli.config.as_deref(), true)?;
             serve::serve(config, listen).await

@@ -5,7 +5,7 @@
 use std::io::Write as _;
 use std::time::Duration;
 
-use deputy_agent::{RunError, RunEvent, RunReport};
+use deputy_agent::{RunError, RunEvent, RunHandle, RunReport};
 use deputy_registry::{TaskStatus, Usage};
 use futures::StreamExt as _;
 use serde::Serialize;
@@ -46,62 +46,9 @@ pub(crate) async fn run(
             RunError::UnknownAgent { .. } | RunError::EmptyPrompt => CliError::usage(error.into()),
             other => CliError::failed(other.into()),
         })?;
-    let run_id = run.run_id();
+    show_events(&mut run, !json).await;
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
-    let mut at_line_start = true;
-    while let Some(event) = run.next().await {
-        let line = match event {
-            RunEvent::TextDelta { task_id, text, .. } if task_id == run_id => {
-                if !json {
-                    let _ = write!(out, "{text}");
-                    let _ = out.flush();
-                    at_line_start = text.ends_with('\n');
-                }
-                continue;
-            }
-            RunEvent::ToolCallStarted {
-                task_id,
-                name,
-                arguments,
-                ..
-            } if task_id == run_id => {
-                format!("  -> {name} {}", one_line(&arguments.to_string(), 160))
-            }
-            RunEvent::ToolResult {
-                task_id,
-                name,
-                content,
-                is_error,
-                ..
-            } if task_id == run_id => {
-                let mark = if is_error { "error" } else { "ok" };
-                format!("  <- {name} ({mark}): {}", one_line(&content, 160))
-            }
-            RunEvent::TaskQueued { task_id, agent, .. } => {
-                format!("  queued   {} {agent}", task_id.short())
-            }
-            RunEvent::TaskStarted { task_id, agent, .. } => {
-                format!("  started  {} {agent}", task_id.short())
-            }
-            RunEvent::TaskFinished {
-                task_id,
-                agent,
-                status,
-                ..
-            } => format!("  finished {} {agent} {status}", task_id.short()),
-            RunEvent::Error { message, .. } => format!("  error: {message}"),
-            _ => continue,
-        };
-        if !at_line_start {
-            let _ = writeln!(out);
-            at_line_start = true;
-        }
-        let _ = writeln!(err, "{line}");
-    }
-    if !at_line_start {
-        let _ = writeln!(out);
-    }
     let result = run.finish().await;
     stack.runtime.shutdown(SHUTDOWN_DRAIN).await;
     let pending = stack.hooks.flush(SHUTDOWN_DRAIN).await;
@@ -149,6 +96,70 @@ pub(crate) async fn run(
     match failure {
         None => Ok(()),
         Some(failure) => Err(CliError::failed(anyhow::anyhow!("{failure}"))),
+    }
+}
+
+/// Prints a run's events until it ends: the orchestrator's text to
+/// stdout (when `print_text`), tool calls and sub-agent progress to stderr.
+///
+/// Cancel safety: dropping it mid-way leaves the run going; its events are
+/// simply not printed.
+pub(crate) async fn show_events(run: &mut RunHandle, print_text: bool) {
+    let run_id = run.run_id();
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
+    let mut at_line_start = true;
+    while let Some(event) = run.next().await {
+        let line = match event {
+            RunEvent::TextDelta { task_id, text, .. } if task_id == run_id => {
+                if print_text {
+                    let _ = write!(out, "{text}");
+                    let _ = out.flush();
+                    at_line_start = text.ends_with('\n');
+                }
+                continue;
+            }
+            RunEvent::ToolCallStarted {
+                task_id,
+                name,
+                arguments,
+                ..
+            } if task_id == run_id => {
+                format!("  -> {name} {}", one_line(&arguments.to_string(), 160))
+            }
+            RunEvent::ToolResult {
+                task_id,
+                name,
+                content,
+                is_error,
+                ..
+            } if task_id == run_id => {
+                let mark = if is_error { "error" } else { "ok" };
+                format!("  <- {name} ({mark}): {}", one_line(&content, 160))
+            }
+            RunEvent::TaskQueued { task_id, agent, .. } => {
+                format!("  queued   {} {agent}", task_id.short())
+            }
+            RunEvent::TaskStarted { task_id, agent, .. } => {
+                format!("  started  {} {agent}", task_id.short())
+            }
+            RunEvent::TaskFinished {
+                task_id,
+                agent,
+                status,
+                ..
+            } => format!("  finished {} {agent} {status}", task_id.short()),
+            RunEvent::Error { message, .. } => format!("  error: {message}"),
+            _ => continue,
+        };
+        if !at_line_start {
+            let _ = writeln!(out);
+            at_line_start = true;
+        }
+        let _ = writeln!(err, "{line}");
+    }
+    if !at_line_start {
+        let _ = writeln!(out);
     }
 }
 

@@ -1,0 +1,394 @@
+//! `deputy chat`: an interactive session with the orchestrator.
+//!
+//! Each line is one run. Runs detach their unfinished background tasks, so
+//! sub-agents keep working between prompts: a notice is printed when one
+//! finishes, and its result goes into the next prompt's context (or is read
+//! with `/wait ID`). The last exchanges go along with each prompt, so the
+//! orchestrator can follow the conversation. Lines are edited with
+//! rustyline, with history in `~/.deputy_history` when there is a home
+//! directory; piped input works too, a line at a time.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use deputy_agent::{OnFinish, RunError};
+use deputy_registry::{RawSubagentSettings, RegistryEvent, TaskFilter, TaskId, TaskSnapshot};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::exit::CliError;
+use crate::reload::{Live, Reloader};
+use crate::run_cmd::{one_line, show_events};
+use crate::wiring::{self, Stack};
+
+/// Exchanges sent along with each prompt.
+const HISTORY_TURNS: usize = 6;
+/// How long running tasks get to finish after `/quit`.
+const QUIT_DRAIN: Duration = Duration::from_secs(2);
+
+const HELP: &str = "commands: /tasks, /wait ID, /stop ID, /settings, /help, /quit (or Ctrl-D); anything else is a prompt";
+
+/// Runs the session until `/quit` or the end of input.
+///
+/// # Errors
+/// The stack cannot be built (exit code 2).
+pub(crate) async fn chat(mut config: Config) -> Result<(), CliError> {
+    // Sub-agents outlive the prompt that started them.
+    config.on_finish = OnFinish::Detach;
+    let orchestrator = config.orchestrator.clone();
+    let stack = wiring::build(&config, &orchestrator).map_err(CliError::usage)?;
+    let reloader = Reloader::start(
+        config,
+        Live {
+            runtime: stack.runtime.clone(),
+            providers: stack.providers.clone(),
+            metrics: stack.hooks.metrics().cloned(),
+        },
+    );
+    let lines = spawn_reader();
+    let in_run = Arc::new(AtomicBool::new(false));
+    let notices = tokio::spawn(print_finished(
+        stack.runtime.registry().subscribe(),
+        in_run.clone(),
+    ));
+    let mut session = Session {
+        stack,
+        reloader,
+        orchestrator,
+        lines,
+        in_run,
+        history: VecDeque::new(),
+        runs: Vec::new(),
+    };
+    say(&format!(
+        "deputy chat with {}; {HELP}",
+        session.orchestrator
+    ));
+    session.run().await;
+    notices.abort();
+    let report = session.stack.runtime.shutdown(QUIT_DRAIN).await;
+    session.stack.hooks.flush(QUIT_DRAIN).await;
+    if report.cancelled > 0 {
+        say(&format!(
+            "stopped {} background tasks still running",
+            report.cancelled
+        ));
+    }
+    Ok(())
+}
+
+struct Session {
+    stack: Stack,
+    reloader: Option<Reloader>,
+    orchestrator: String,
+    lines: Lines,
+    /// Set while a prompt's run shows its own progress, so background
+    /// notices are not printed twice.
+    in_run: Arc<AtomicBool>,
+    /// (prompt, answer) of the last exchanges.
+    history: VecDeque<(String, String)>,
+    /// Every run so far, whose detached tasks may still finish.
+    runs: Vec<TaskId>,
+}
+
+impl Session {
+    async fn run(&mut self) {
+        while let Some(line) = self.lines.next("> ").await {
+            let line = line.trim().to_owned();
+            let (command, argument) = line
+                .split_once(char::is_whitespace)
+                .map_or((line.as_str(), ""), |(command, rest)| {
+                    (command, rest.trim())
+                });
+            match command {
+                "" => {}
+                "/quit" | "/exit" => return,
+                "/help" => say(HELP),
+                "/tasks" => self.tasks(),
+                "/settings" => self.settings(),
+                "/wait" => self.wait(argument).await,
+                "/stop" => self.stop(argument),
+                unknown if unknown.starts_with('/') => {
+                    say(&format!("unknown command {unknown}; {HELP}"));
+                }
+                _ => self.prompt(&line).await,
+            }
+        }
+    }
+
+    async fn prompt(&mut self, line: &str) {
+        let mut prompt = String::new();
+        if !self.history.is_empty() {
+            prompt.push_str("Conversation so far:\n");
+            for (asked, answered) in &self.history {
+                let _ = writeln!(prompt, "User: {asked}\nYou: {answered}");
+            }
+            prompt.push('\n');
+        }
+        let results = self.finished_background();
+        if !results.is_empty() {
+            prompt.push_str("Background tasks from earlier turns finished since:\n");
+            for task in &results {
+                let outcome = task.output.as_deref().map_or_else(
+                    || {
+                        task.failure
+                            .as_ref()
+                            .map_or_else(|| task.status.to_string(), ToString::to_string)
+                    },
+                    ToOwned::to_owned,
+                );
+                let _ = writeln!(prompt, "- task {} ({}): {outcome}", task.id, task.agent);
+            }
+            prompt.push('\n');
+        }
+        if prompt.is_empty() {
+            prompt.push_str(line);
+        } else {
+            let _ = write!(prompt, "User: {line}");
+        }
+        let mut run = match self.stack.runtime.start(&self.orchestrator, prompt) {
+            Ok(run) => run,
+            Err(error) => {
+                say(&format!("error: {error}"));
+                return;
+            }
+        };
+        self.runs.push(run.run_id());
+        self.in_run.store(true, Ordering::Relaxed);
+        show_events(&mut run, true).await;
+        self.in_run.store(false, Ordering::Relaxed);
+        match run.finish().await {
+            Ok(output) => {
+                let detached = output
+                    .report
+                    .tasks
+                    .iter()
+                    .filter(|task| !task.status.is_terminal())
+                    .count();
+                if detached > 0 {
+                    say(&format!(
+                        "({detached} background tasks still running; /tasks shows them)"
+                    ));
+                }
+                self.history.push_back((line.to_owned(), output.answer));
+                while self.history.len() > HISTORY_TURNS {
+                    self.history.pop_front();
+                }
+            }
+            Err(RunError::Failed { failure, .. }) => {
+                say(&format!("error: the run failed: {failure}"))
+            }
+            Err(error) => say(&format!("error: {error}")),
+        }
+    }
+
+    /// Results of earlier runs' detached tasks, each handed over once.
+    fn finished_background(&self) -> Vec<TaskSnapshot> {
+        let registry = self.stack.runtime.registry();
+        self.runs
+            .iter()
+            .flat_map(|run| registry.take_finished(Some(*run)))
+            .collect()
+    }
+
+    fn tasks(&self) {
+        let tasks: Vec<TaskSnapshot> = self
+            .stack
+            .runtime
+            .registry()
+            .list(&TaskFilter::all())
+            .into_iter()
+            .filter(|task| !task.root)
+            .collect();
+        if tasks.is_empty() {
+            say("no tasks");
+        }
+        for task in tasks {
+            say(&format!(
+                "{}  {:<12} {:<10} {:>6} ms  {}",
+                task.id.short(),
+                task.agent,
+                task.status,
+                task.elapsed().as_millis(),
+                one_line(&task.task, 60)
+            ));
+        }
+    }
+
+    fn settings(&self) {
+        let registry = self.stack.runtime.registry();
+        let stats = registry.stats();
+        let live = RawSubagentSettings::from((*registry.settings()).clone());
+        say(&format!(
+            "[agent.subagents]\n{}running {}, queued {}",
+            toml::to_string(&live).unwrap_or_default(),
+            stats.running,
+            stats.queued
+        ));
+        if let Some(status) = self.reloader.as_ref().map(Reloader::status)
+            && let Some(at) = &status.at
+        {
+            let outcome = status.error.as_deref().unwrap_or("applied");
+            say(&format!("last reload at {at}: {outcome}"));
+        }
+    }
+
+    /// The task whose id (or id prefix, as `/tasks` shows) is `given`.
+    fn find(&self, given: &str) -> Option<TaskId> {
+        if given.is_empty() {
+            say("give a task id (as /tasks shows it)");
+            return None;
+        }
+        let matches: Vec<TaskId> = self
+            .stack
+            .runtime
+            .registry()
+            .list(&TaskFilter::all())
+            .into_iter()
+            .filter(|task| !task.root && task.id.to_string().starts_with(given))
+            .map(|task| task.id)
+            .collect();
+        match matches.as_slice() {
+            [id] => Some(*id),
+            [] => {
+                say(&format!("no task {given}; /tasks lists them"));
+                None
+            }
+            _ => {
+                say(&format!(
+                    "{given} matches {} tasks; give more of the id",
+                    matches.len()
+                ));
+                None
+            }
+        }
+    }
+
+    async fn wait(&self, given: &str) {
+        let Some(id) = self.find(given) else {
+            return;
+        };
+        say(&format!("waiting for {} (Ctrl-C stops deputy)", id.short()));
+        match self.stack.runtime.registry().wait(id, None).await {
+            Ok(done) => {
+                let task = done.task;
+                match (&task.output, &task.failure) {
+                    (Some(output), _) => {
+                        say(&format!("{} {}: {output}", task.id.short(), task.status))
+                    }
+                    (None, Some(failure)) => {
+                        say(&format!("{} {}: {failure}", task.id.short(), task.status))
+                    }
+                    (None, None) => say(&format!("{} {}", task.id.short(), task.status)),
+                }
+            }
+            Err(error) => say(&format!("error: {error}")),
+        }
+    }
+
+    fn stop(&self, given: &str) {
+        let Some(id) = self.find(given) else {
+            return;
+        };
+        match self.stack.runtime.registry().cancel(id) {
+            Ok(deputy_registry::CancelOutcome::Cancelled { .. }) => {
+                say(&format!("{} cancelled", id.short()));
+            }
+            Ok(deputy_registry::CancelOutcome::AlreadyFinished { status }) => {
+                say(&format!("{} had already ended: {status}", id.short()));
+            }
+            Err(error) => say(&format!("error: {error}")),
+        }
+    }
+}
+
+/// A line on stderr (notices and command output, apart from answers).
+fn say(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+/// Prints a notice whenever a background task ends between prompts.
+async fn print_finished(
+    mut events: tokio::sync::broadcast::Receiver<RegistryEvent>,
+    in_run: Arc<AtomicBool>,
+) {
+    loop {
+        match events.recv().await {
+            Ok(RegistryEvent::Finished {
+                task_id,
+                agent,
+                status,
+                parent_id: Some(_),
+                ..
+            }) if !in_run.load(Ordering::Relaxed) => say(&format!(
+                "[{} {agent} {status}; /wait {} shows it]",
+                task_id.short(),
+                task_id.short()
+            )),
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Lines from the editor, read on a thread of their own (rustyline
+/// blocks).
+struct Lines {
+    asks: std::sync::mpsc::Sender<String>,
+    lines: mpsc::Receiver<Option<String>>,
+}
+
+impl Lines {
+    /// The next line, after showing `prompt`; `None` at the end of input.
+    ///
+    /// Cancel safety: not cancel safe; a dropped call may lose a line.
+    async fn next(&mut self, prompt: &str) -> Option<String> {
+        self.asks.send(prompt.to_owned()).ok()?;
+        self.lines.recv().await.flatten()
+    }
+}
+
+fn spawn_reader() -> Lines {
+    let (asks, asked) = std::sync::mpsc::channel::<String>();
+    let (sender, lines) = mpsc::channel(1);
+    std::thread::spawn(move || {
+        let history =
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".deputy_history"));
+        let mut editor = match rustyline::DefaultEditor::new() {
+            Ok(editor) => editor,
+            Err(error) => {
+                say(&format!("error: cannot read input: {error}"));
+                let _ = sender.blocking_send(None);
+                return;
+            }
+        };
+        if let Some(path) = &history {
+            let _ = editor.load_history(path);
+        }
+        while let Ok(prompt) = asked.recv() {
+            let line = match editor.readline(&prompt) {
+                Ok(line) => {
+                    if !line.trim().is_empty() {
+                        let _ = editor.add_history_entry(line.as_str());
+                    }
+                    Some(line)
+                }
+                // Ctrl-C on an empty line and Ctrl-D end the session.
+                Err(_) => None,
+            };
+            let done = line.is_none();
+            if sender.blocking_send(line).is_err() || done {
+                break;
+            }
+        }
+        if let Some(path) = &history {
+            let _ = editor.save_history(path);
+        }
+    });
+    Lines { asks, lines }
+}

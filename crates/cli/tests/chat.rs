@@ -1,0 +1,185 @@
+//! `deputy chat`, driven line by line through a pipe.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly on unexpected states"
+)]
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// An orchestrator that starts a researcher in the background and answers
+/// at once; the researcher takes a second.
+const CONFIG: &str = r#"
+[agent.subagents]
+max_concurrent = 4
+
+[providers.lead]
+kind = "scripted"
+
+[[providers.lead.turns]]
+when = "^Research"
+tool_calls = [{ name = "spawn_agent", arguments = { agent = "researcher", task = "dig into it", background = true } }]
+
+[[providers.lead.turns]]
+when = "^Research"
+text = "Started a researcher in the background."
+
+[[providers.lead.turns]]
+when = "What came back"
+text = "Here is what came back."
+
+[providers.slow]
+kind = "scripted"
+latency_ms = 1000
+
+[agents.orchestrator]
+provider = "lead"
+subagents = ["researcher"]
+
+[agents.researcher]
+provider = "slow"
+"#;
+
+struct Chat {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Chat {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut sink = sink.lock().unwrap();
+            sink.push_str(&line);
+            sink.push('\n');
+        }
+    });
+    text
+}
+
+impl Chat {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("deputy.toml"), CONFIG).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_deputy"))
+            .arg("chat")
+            .current_dir(dir.path())
+            .env("HOME", dir.path())
+            .env_remove("DEPUTY_CONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = collect(child.stdout.take().unwrap());
+        let stderr = collect(child.stderr.take().unwrap());
+        Self {
+            child,
+            stdin,
+            stdout,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Waits until stdout or stderr holds `wanted`; returns that stream.
+    fn expect(&self, wanted: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            for stream in [&self.stdout, &self.stderr] {
+                let text = stream.lock().unwrap().clone();
+                if text.contains(wanted) {
+                    return text;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "no {wanted:?} in\nstdout:\n{}\nstderr:\n{}",
+            self.stdout.lock().unwrap(),
+            self.stderr.lock().unwrap()
+        );
+    }
+}
+
+#[test]
+fn background_tasks_keep_running_between_prompts() {
+    let mut chat = Chat::start();
+    chat.expect("deputy chat with orchestrator");
+    chat.send("Research the Go memory model");
+    chat.expect("Started a researcher in the background.");
+    chat.expect("(1 background tasks still running; /tasks shows them)");
+
+    chat.send("/tasks");
+    let listing = chat.expect("running");
+    assert!(listing.contains("researcher"), "{listing}");
+
+    // The notice names the task; /wait reads its result.
+    let stderr = chat.expect("researcher completed; /wait ");
+    let short = stderr
+        .lines()
+        .find_map(|line| {
+            line.strip_suffix(" shows it]")?
+                .rsplit_once("/wait ")
+                .map(|(_, id)| id)
+        })
+        .unwrap()
+        .to_owned();
+    chat.send(&format!("/wait {short}"));
+    chat.expect(&format!("{short} completed: [offline: scripted provider"));
+
+    // The next prompt goes on; the orchestrator answers from its script.
+    chat.send("What came back?");
+    chat.expect("Here is what came back.");
+
+    chat.send("/settings");
+    chat.expect("max_concurrent = 4");
+    chat.send("/quit");
+    let status = chat.child.wait().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn stop_and_bad_commands_answer_in_sentences() {
+    let mut chat = Chat::start();
+    chat.send("Research Rust");
+    chat.expect("Started a researcher in the background.");
+    chat.send("/tasks");
+    let listing = chat.expect("  researcher   running");
+    let short = listing
+        .lines()
+        .find(|line| line.contains("  researcher   running"))
+        .and_then(|line| line.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    chat.send(&format!("/stop {short}"));
+    chat.expect(&format!("{short} cancelled"));
+    chat.send("/stop ffffffff");
+    chat.expect("no task ffffffff; /tasks lists them");
+    chat.send("/frobnicate");
+    chat.expect("unknown command /frobnicate");
+    chat.send("/quit");
+    let status = chat.child.wait().unwrap();
+    assert!(status.success());
+}
