@@ -59,14 +59,7 @@ pub(crate) async fn reload(iterations: usize, json: bool) -> anyhow::Result<()> 
     std::fs::write(&path, config_text(1)).context("cannot write the benchmark config")?;
     let config = config::load(&path)?;
     let stack = wiring::build(&config, "orchestrator")?;
-    let _reloader = Reloader::start(
-        config,
-        Live {
-            runtime: stack.runtime.clone(),
-            providers: stack.providers.clone(),
-            metrics: None,
-        },
-    );
+    let _reloader = Reloader::start(config, Live::of(&stack));
     let registry = stack.runtime.registry().clone();
     let (release, released) = tokio::sync::watch::channel(false);
     let hold = |n: usize| {

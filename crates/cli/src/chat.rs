@@ -42,14 +42,7 @@ pub(crate) async fn chat(mut config: Config) -> Result<(), CliError> {
     config.on_finish = OnFinish::Detach;
     let orchestrator = config.orchestrator.clone();
     let stack = wiring::build(&config, &orchestrator).map_err(CliError::usage)?;
-    let reloader = Reloader::start(
-        config,
-        Live {
-            runtime: stack.runtime.clone(),
-            providers: stack.providers.clone(),
-            metrics: stack.hooks.metrics().cloned(),
-        },
-    );
+    let reloader = Reloader::start(config, Live::of(&stack));
     let lines = spawn_reader();
     let in_run = Arc::new(AtomicBool::new(false));
     let notices = tokio::spawn(print_finished(

@@ -108,6 +108,83 @@ pub(crate) struct AgentProfile {
     pub(crate) subagents: Vec<String>,
 }
 
+impl AgentProfile {
+    /// `key old -> new` for every field that differs from `new`, values
+    /// shortened.
+    pub(crate) fn changes(&self, new: &Self) -> Vec<String> {
+        fn shown(value: &impl std::fmt::Debug) -> String {
+            let text = format!("{value:?}");
+            let text = text
+                .strip_prefix("Some(")
+                .and_then(|inner| inner.strip_suffix(')'))
+                .unwrap_or(&text)
+                .to_owned();
+            let text = if text == "None" {
+                "unset".to_owned()
+            } else {
+                text
+            };
+            if text.chars().count() > 40 {
+                format!("{}…", text.chars().take(40).collect::<String>())
+            } else {
+                text
+            }
+        }
+        let mut changes = Vec::new();
+        let mut field = |key: &str, old: String, new: String| {
+            if old != new {
+                changes.push(format!("{key} {old} -> {new}"));
+            }
+        };
+        field("provider", shown(&self.provider), shown(&new.provider));
+        field("model", shown(&self.model), shown(&new.model));
+        field(
+            "system_prompt",
+            shown(&self.system_prompt),
+            shown(&new.system_prompt),
+        );
+        field(
+            "description",
+            shown(&self.description),
+            shown(&new.description),
+        );
+        field(
+            "capabilities",
+            shown(&self.capabilities),
+            shown(&new.capabilities),
+        );
+        field("priority", shown(&self.priority), shown(&new.priority));
+        field("max_turns", shown(&self.max_turns), shown(&new.max_turns));
+        field(
+            "max_concurrent",
+            shown(&self.max_concurrent),
+            shown(&new.max_concurrent),
+        );
+        field(
+            "temperature",
+            shown(&self.temperature),
+            shown(&new.temperature),
+        );
+        field(
+            "max_output_tokens",
+            shown(&self.max_output_tokens),
+            shown(&new.max_output_tokens),
+        );
+        field(
+            "timeout_secs",
+            shown(&self.time_limit.map(|limit| limit.as_secs())),
+            shown(&new.time_limit.map(|limit| limit.as_secs())),
+        );
+        field(
+            "token_budget",
+            shown(&self.token_budget),
+            shown(&new.token_budget),
+        );
+        field("subagents", shown(&self.subagents), shown(&new.subagents));
+        changes
+    }
+}
+
 /// A checked `[server]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ServerSettings {

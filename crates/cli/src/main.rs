@@ -198,14 +198,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             }
             let stack = wiring::build(&config, &agent).map_err(CliError::usage)?;
             // Limits can be tuned while the run goes on.
-            let reloader = Reloader::start(
-                config,
-                Live {
-                    runtime: stack.runtime.clone(),
-                    providers: stack.providers.clone(),
-                    metrics: stack.hooks.metrics().cloned(),
-                },
-            );
+            let reloader = Reloader::start(config, Live::of(&stack));
             run_cmd::run(stack, reloader, &agent, &prompt, json).await
         }
         Command::Config { command } => match command {

@@ -66,6 +66,17 @@ pub(crate) struct Live {
     pub(crate) metrics: Option<Arc<Metrics>>,
 }
 
+impl Live {
+    /// What reloads change in `stack`.
+    pub(crate) fn of(stack: &wiring::Stack) -> Self {
+        Self {
+            runtime: stack.runtime.clone(),
+            providers: stack.providers.clone(),
+            metrics: stack.hooks.metrics().cloned(),
+        }
+    }
+}
+
 /// A running reloader; dropping it stops watching.
 #[derive(Debug)]
 pub(crate) struct Reloader {
@@ -86,6 +97,17 @@ impl Reloader {
     /// # Panics
     /// Outside a Tokio runtime.
     pub(crate) fn start(config: Config, live: Live) -> Option<Self> {
+        Self::start_with(config, live, true, POLL_EVERY)
+    }
+
+    /// [`start`](Self::start) with the file watcher optional (`watch_files`)
+    /// and the re-check period given, to show the re-check alone works.
+    fn start_with(
+        config: Config,
+        live: Live,
+        watch_files: bool,
+        poll_every: Duration,
+    ) -> Option<Self> {
         let Source::File(path) = config.source.clone() else {
             return None;
         };
@@ -96,7 +118,9 @@ impl Reloader {
         // The watcher is made before the first read, so no change between
         // load and watch is missed (the hash comparison catches it).
         let (events, hints) = mpsc::unbounded_channel();
-        let watcher = watch_directory(&path, events);
+        let watcher = watch_files
+            .then(|| watch_directory(&path, events))
+            .flatten();
         let state = State {
             last_hash: read_hash(&path),
             path,
@@ -104,7 +128,7 @@ impl Reloader {
             live,
             status,
         };
-        let task = tokio::spawn(state.run(hints, watcher));
+        let task = tokio::spawn(state.run(hints, watcher, poll_every));
         Some(Self {
             status: receiver,
             task,
@@ -198,16 +222,21 @@ impl State {
         mut hints: mpsc::UnboundedReceiver<()>,
         // Kept alive here: dropping a watcher stops its events.
         _watcher: Option<notify::RecommendedWatcher>,
+        poll_every: Duration,
     ) {
         let mut hangups = hangup_signals();
-        let mut poll = tokio::time::interval(POLL_EVERY);
+        let mut poll = tokio::time::interval(poll_every);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         poll.tick().await;
+        // Without a watcher (or once it is gone) the re-check and SIGHUP
+        // still work.
+        let mut watching = true;
         loop {
             let forced = tokio::select! {
-                hint = hints.recv() => {
+                hint = hints.recv(), if watching => {
                     if hint.is_none() {
-                        return;
+                        watching = false;
+                        continue;
                     }
                     debounce(&mut hints).await;
                     false
@@ -301,23 +330,24 @@ impl State {
             });
             match agents {
                 Ok(()) => {
-                    let changed: Vec<&str> = new
+                    for (name, profile) in &new.agents {
+                        match self.current.agents.get(name) {
+                            Some(old) if old == profile => {}
+                            Some(old) => applied.push(format!(
+                                "[agents.{name}] {} (new tasks use it)",
+                                old.changes(profile).join(", ")
+                            )),
+                            None => applied.push(format!("[agents.{name}] added")),
+                        }
+                    }
+                    for name in self
+                        .current
                         .agents
-                        .iter()
-                        .filter(|(name, profile)| self.current.agents.get(*name) != Some(profile))
-                        .map(|(name, _)| name.as_str())
-                        .chain(
-                            self.current
-                                .agents
-                                .keys()
-                                .filter(|name| !new.agents.contains_key(*name))
-                                .map(String::as_str),
-                        )
-                        .collect();
-                    applied.push(format!(
-                        "[agents] {} (new tasks use them)",
-                        changed.join(", ")
-                    ));
+                        .keys()
+                        .filter(|name| !new.agents.contains_key(*name))
+                    {
+                        applied.push(format!("[agents.{name}] removed (running tasks finish)"));
+                    }
                     self.current.agents = new.agents.clone();
                 }
                 Err(error) => {
@@ -479,17 +509,17 @@ description = "first"
     }
 
     fn fixture(text: &str) -> Fixture {
+        fixture_with(text, true, POLL_EVERY)
+    }
+
+    fn fixture_with(text: &str, watch_files: bool, poll_every: Duration) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("deputy.toml");
         std::fs::write(&path, text).unwrap();
         let config = config::load(&path).unwrap();
         let stack = wiring::build(&config, "orchestrator").unwrap();
-        let live = Live {
-            runtime: stack.runtime.clone(),
-            providers: stack.providers.clone(),
-            metrics: None,
-        };
-        let reloader = Reloader::start(config, live).unwrap();
+        let reloader =
+            Reloader::start_with(config, Live::of(&stack), watch_files, poll_every).unwrap();
         Fixture {
             dir,
             path,
@@ -668,15 +698,7 @@ description = "first"
         let path = root.join("deputy.toml");
         let config = config::load(&path).unwrap();
         let stack = wiring::build(&config, "orchestrator").unwrap();
-        let reloader = Reloader::start(
-            config,
-            Live {
-                runtime: stack.runtime.clone(),
-                providers: stack.providers.clone(),
-                metrics: None,
-            },
-        )
-        .unwrap();
+        let reloader = Reloader::start(config, Live::of(&stack)).unwrap();
 
         std::fs::create_dir(root.join("..2026_02")).unwrap();
         std::fs::write(root.join("..2026_02/deputy.toml"), config_text(9, "")).unwrap();
@@ -717,13 +739,23 @@ description = "first"
             Some(1)
         );
         assert!(
-            status
-                .applied
-                .iter()
-                .any(|line| line.starts_with("[agents] researcher")),
+            status.applied.contains(
+                &"[agents.researcher] description \"first\" -> \"second\", max_concurrent unset -> 1 (new tasks use it)".to_owned()
+            ),
             "{status:?}"
         );
         assert_eq!(status.restart_required, ["server"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_periodic_re_check_alone_picks_up_an_edit() {
+        // As on a file system that reports no events (NFS, some container
+        // mounts): no watcher, only the re-check.
+        let fixture = fixture_with(&config_text(2, ""), false, Duration::from_millis(100));
+        std::fs::write(&fixture.path, config_text(5, "")).unwrap();
+        fixture
+            .wait_for("the re-check applying the edit", |f| f.cap() == 5)
+            .await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,11 +2,14 @@
 //! progress and the closing summary go to stderr, so `deputy run ... >
 //! answer.txt` keeps only the answer.
 
-use std::io::Write as _;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::io::{IsTerminal as _, Write as _};
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use deputy_agent::{RunError, RunEvent, RunHandle, RunReport};
-use deputy_registry::{TaskStatus, Usage};
+use deputy_registry::{TaskId, TaskStatus, Usage};
 use futures::StreamExt as _;
 use serde::Serialize;
 
@@ -100,14 +103,15 @@ pub(crate) async fn run(
 }
 
 /// Prints a run's events until it ends: the orchestrator's text to
-/// stdout (when `print_text`), tool calls and sub-agent progress to stderr.
+/// stdout (when `print_text`), tool calls and sub-agent progress to stderr:
+/// a live status line per sub-agent in a terminal, plain lines otherwise.
 ///
 /// Cancel safety: dropping it mid-way leaves the run going; its events are
 /// simply not printed.
 pub(crate) async fn show_events(run: &mut RunHandle, print_text: bool) {
     let run_id = run.run_id();
     let mut out = std::io::stdout();
-    let mut err = std::io::stderr();
+    let mut progress = Progress::new();
     let mut at_line_start = true;
     while let Some(event) = run.next().await {
         let line = match event {
@@ -138,17 +142,22 @@ pub(crate) async fn show_events(run: &mut RunHandle, print_text: bool) {
                 format!("  <- {name} ({mark}): {}", one_line(&content, 160))
             }
             RunEvent::TaskQueued { task_id, agent, .. } => {
-                format!("  queued   {} {agent}", task_id.short())
+                progress.queued(task_id, &agent);
+                continue;
             }
             RunEvent::TaskStarted { task_id, agent, .. } => {
-                format!("  started  {} {agent}", task_id.short())
+                progress.started(task_id, &agent);
+                continue;
             }
             RunEvent::TaskFinished {
                 task_id,
                 agent,
                 status,
                 ..
-            } => format!("  finished {} {agent} {status}", task_id.short()),
+            } => {
+                progress.finished(task_id, &agent, status);
+                continue;
+            }
             RunEvent::Error { message, .. } => format!("  error: {message}"),
             _ => continue,
         };
@@ -156,10 +165,94 @@ pub(crate) async fn show_events(run: &mut RunHandle, print_text: bool) {
             let _ = writeln!(out);
             at_line_start = true;
         }
-        let _ = writeln!(err, "{line}");
+        progress.line(&line);
     }
     if !at_line_start {
         let _ = writeln!(out);
+    }
+}
+
+/// Sub-agent progress on stderr: spinners in a terminal, lines otherwise.
+enum Progress {
+    Lines,
+    Bars {
+        bars: MultiProgress,
+        tasks: HashMap<TaskId, (ProgressBar, Instant)>,
+    },
+}
+
+impl Progress {
+    fn new() -> Self {
+        if std::io::stderr().is_terminal() {
+            Self::Bars {
+                bars: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+                tasks: HashMap::new(),
+            }
+        } else {
+            Self::Lines
+        }
+    }
+
+    fn line(&self, line: &str) {
+        match self {
+            Self::Lines => {
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
+            Self::Bars { bars, .. } => {
+                let _ = bars.println(line);
+            }
+        }
+    }
+
+    fn bar(&mut self, task: TaskId, agent: &str, state: &str) {
+        if let Self::Bars { bars, tasks } = self {
+            let (bar, _) = tasks.entry(task).or_insert_with(|| {
+                let bar = bars.add(ProgressBar::new_spinner());
+                bar.set_style(
+                    ProgressStyle::with_template("  {spinner} {prefix} {msg} {elapsed}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                bar.set_prefix(format!("{} {agent}", task.short()));
+                bar.enable_steady_tick(Duration::from_millis(120));
+                (bar, Instant::now())
+            });
+            bar.set_message(state.to_owned());
+        }
+    }
+
+    fn queued(&mut self, task: TaskId, agent: &str) {
+        match self {
+            Self::Lines => self.line(&format!("  queued   {} {agent}", task.short())),
+            Self::Bars { .. } => self.bar(task, agent, "queued"),
+        }
+    }
+
+    fn started(&mut self, task: TaskId, agent: &str) {
+        match self {
+            Self::Lines => self.line(&format!("  started  {} {agent}", task.short())),
+            Self::Bars { .. } => self.bar(task, agent, "running"),
+        }
+    }
+
+    fn finished(&mut self, task: TaskId, agent: &str, status: TaskStatus) {
+        match self {
+            Self::Lines => self.line(&format!("  finished {} {agent} {status}", task.short())),
+            Self::Bars { tasks, .. } => {
+                if let Some((bar, since)) = tasks.remove(&task) {
+                    bar.finish_and_clear();
+                    self.line(&format!(
+                        "  {} {} {agent} {status} in {:.1} s",
+                        if status == TaskStatus::Completed {
+                            "done"
+                        } else {
+                            "ended"
+                        },
+                        task.short(),
+                        since.elapsed().as_secs_f64()
+                    ));
+                }
+            }
+        }
     }
 }
 

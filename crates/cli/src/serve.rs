@@ -42,14 +42,7 @@ pub(crate) async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<
     let drain = config.server.drain;
     let max_body_bytes = config.server.max_body_bytes;
     let orchestrator = config.orchestrator.clone();
-    let reloader = Reloader::start(
-        config,
-        Live {
-            runtime: stack.runtime.clone(),
-            providers: stack.providers.clone(),
-            metrics: stack.hooks.metrics().cloned(),
-        },
-    );
+    let reloader = Reloader::start(config, Live::of(&stack));
     let state = AppState::new(
         stack.runtime.clone(),
         orchestrator,

@@ -496,6 +496,34 @@ async fn editing_the_file_raises_the_cap_for_queued_tasks_and_a_bad_edit_is_repo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_forces_a_reload() {
+    let server = Server::start(&config(10, "", ""), &[]);
+    let client = reqwest::Client::new();
+    let (_, settings) = get(&client, &server.url("/v1/settings")).await;
+    assert_eq!(settings["reload"]["reloads"], 0, "{settings}");
+    let status = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut settings = Value::Null;
+    for _ in 0..400 {
+        settings = get(&client, &server.url("/v1/settings")).await.1;
+        if settings["reload"]["reloads"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(settings["reload"]["reloads"], 1, "{settings}");
+    assert_eq!(settings["reload"]["ok"], true);
+    assert!(
+        server.log().contains("SIGHUP: reloading the config"),
+        "{}",
+        server.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_every_start_has_its_stop_in_the_audit_log() {
     let mut server = Server::start(
         &config(
