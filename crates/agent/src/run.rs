@@ -279,6 +279,12 @@ async fn drive(mut driver: Driver) {
     };
     // Events the registry sent before the root settled are still buffered.
     driver.forward_buffered();
+    // A run that failed or was cancelled is cancelling its sub-agents: let
+    // them settle, so the report and the stream show how each one ended.
+    if matches!(&outcome, Ok(done) if done.task.status != TaskStatus::Completed) {
+        driver.settle_tasks().await;
+        driver.forward_buffered();
+    }
     let result = match outcome {
         Ok(outcome) => driver.conclude(&outcome.task),
         Err(unknown) => Err(RunError::Failed {
@@ -300,7 +306,23 @@ async fn drive(mut driver: Driver) {
     let _reader_gone = driver.output.send(result);
 }
 
+/// How long a failed or cancelled run waits for its sub-agents' cancels to
+/// land before it reports (a cancel lands at the task's next poll, so this
+/// is only a backstop).
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Driver {
+    /// Waits until every task of the run has ended, at most
+    /// [`SETTLE_LIMIT`] in all.
+    async fn settle_tasks(&self) {
+        let waits = self
+            .shared
+            .task_ids()
+            .into_iter()
+            .map(|id| self.registry.wait(id, None));
+        let _ = tokio::time::timeout(SETTLE_LIMIT, futures::future::join_all(waits)).await;
+    }
+
     /// Forwards every event the registry has sent so far.
     fn forward_buffered(&mut self) {
         loop {

@@ -20,16 +20,19 @@ use deputy_registry::{
     CancelOutcome, RawSubagentSettings, SelectionRequest, SpawnError, TaskFilter, TaskId,
     TaskSnapshot, TaskStatus,
 };
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::reload::ReloadStatus;
 
-/// How many runs are remembered; the oldest finished ones go first.
+/// How many finished runs are remembered; the oldest go first.
 const MAX_RUNS: usize = 1000;
+/// How many runs may go on at once; more are refused with 429.
+const MAX_RUNNING_RUNS: usize = 64;
 /// The longest a `?wait=true` request may wait.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
@@ -46,6 +49,9 @@ struct Inner {
     reload: Option<watch::Receiver<ReloadStatus>>,
     token: Option<String>,
     runs: Mutex<Runs>,
+    /// Cancelled when the server begins to stop: event streams end and
+    /// waits return, so open connections do not hold the shutdown.
+    stopping: CancellationToken,
 }
 
 #[derive(Default)]
@@ -77,6 +83,7 @@ impl AppState {
         metrics: Option<Arc<Metrics>>,
         reload: Option<watch::Receiver<ReloadStatus>>,
         token: Option<String>,
+        stopping: CancellationToken,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -86,6 +93,7 @@ impl AppState {
                 reload,
                 token,
                 runs: Mutex::new(Runs::default()),
+                stopping,
             }),
         }
     }
@@ -381,14 +389,17 @@ async fn get_task(
             format!("no task {id}"),
         )
     };
-    let task = if query.wait {
-        registry
-            .wait(id, Some(query.limit()))
-            .await
-            .map_err(|_| unknown())?
-            .task
+    let waited = if query.wait {
+        tokio::select! {
+            waited = registry.wait(id, Some(query.limit())) => Some(waited.map_err(|_| unknown())?.task),
+            () = state.inner.stopping.cancelled() => None,
+        }
     } else {
-        registry.get(id).ok_or_else(unknown)?
+        None
+    };
+    let task = match waited {
+        Some(task) => task,
+        None => registry.get(id).ok_or_else(unknown)?,
     };
     Ok(Json(task_json(&task, true)))
 }
@@ -427,6 +438,23 @@ async fn create_run(
     body: Result<Json<CreateRun>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(body) = body?;
+    let running = state
+        .inner
+        .runs
+        .lock()
+        .by_id
+        .values()
+        .filter(|run| run.result.borrow().is_none())
+        .count();
+    if running >= MAX_RUNNING_RUNS {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "capacity",
+            format!(
+                "{running} runs are going on, the most this server takes at once; wait for one to finish"
+            ),
+        ));
+    }
     let agent = body
         .agent
         .unwrap_or_else(|| state.inner.orchestrator.clone());
@@ -475,11 +503,24 @@ async fn create_run(
         },
     );
     runs.order.push_back(run_id);
-    while runs.order.len() > MAX_RUNS {
-        let oldest = runs.order.pop_front();
-        if let Some(oldest) = oldest {
-            runs.by_id.remove(&oldest);
+    // Only finished runs are forgotten; running ones are bounded above.
+    if runs.order.len() > MAX_RUNS + MAX_RUNNING_RUNS {
+        let Runs { by_id, order } = &mut *runs;
+        let excess = order.len() - MAX_RUNS;
+        let finished: Vec<TaskId> = order
+            .iter()
+            .copied()
+            .filter(|id| {
+                by_id
+                    .get(id)
+                    .is_some_and(|run| run.result.borrow().is_some())
+            })
+            .take(excess)
+            .collect();
+        for id in finished {
+            by_id.remove(&id);
         }
+        order.retain(|id| by_id.contains_key(id));
     }
     Ok((StatusCode::ACCEPTED, Json(json!({ "run_id": run_id }))))
 }
@@ -504,7 +545,10 @@ async fn get_run(
         )
     };
     if query.wait {
-        let _ = tokio::time::timeout(query.limit(), result.wait_for(Option::is_some)).await;
+        tokio::select! {
+            _ = tokio::time::timeout(query.limit(), result.wait_for(Option::is_some)) => {}
+            () = state.inner.stopping.cancelled() => {}
+        }
     }
     let finished = result.borrow().clone();
     let mut value = json!({
@@ -572,7 +616,8 @@ async fn events(
         };
         Some((Ok(event), receiver))
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    let stopping = state.inner.stopping.clone().cancelled_owned();
+    Sse::new(stream.take_until(stopping)).keep_alive(KeepAlive::default())
 }
 
 fn event_name(event: &deputy_registry::RegistryEvent) -> &'static str {

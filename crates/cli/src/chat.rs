@@ -13,17 +13,17 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deputy_agent::{OnFinish, RunError};
 use deputy_registry::{RawSubagentSettings, RegistryEvent, TaskFilter, TaskId, TaskSnapshot};
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::exit::CliError;
 use crate::reload::{Live, Reloader};
-use crate::run_cmd::{one_line, show_events};
+use crate::run_cmd::{cancel_on_interrupt, interrupt_signal, one_line, show_events};
 use crate::wiring::{self, Stack};
 
 /// Exchanges sent along with each prompt.
@@ -44,17 +44,17 @@ pub(crate) async fn chat(mut config: Config) -> Result<(), CliError> {
     let stack = wiring::build(&config, &orchestrator).map_err(CliError::usage)?;
     let reloader = Reloader::start(config, Live::of(&stack));
     let lines = spawn_reader();
-    let in_run = Arc::new(AtomicBool::new(false));
+    let current_run = Arc::new(Mutex::new(None));
     let notices = tokio::spawn(print_finished(
         stack.runtime.registry().subscribe(),
-        in_run.clone(),
+        current_run.clone(),
     ));
     let mut session = Session {
         stack,
         reloader,
         orchestrator,
         lines,
-        in_run,
+        current_run,
         history: VecDeque::new(),
         runs: Vec::new(),
     };
@@ -64,6 +64,7 @@ pub(crate) async fn chat(mut config: Config) -> Result<(), CliError> {
     ));
     session.run().await;
     notices.abort();
+    session.lines.close().await;
     let report = session.stack.runtime.shutdown(QUIT_DRAIN).await;
     session.stack.hooks.flush(QUIT_DRAIN).await;
     if report.cancelled > 0 {
@@ -80,9 +81,9 @@ struct Session {
     reloader: Option<Reloader>,
     orchestrator: String,
     lines: Lines,
-    /// Set while a prompt's run shows its own progress, so background
-    /// notices are not printed twice.
-    in_run: Arc<AtomicBool>,
+    /// The run showing its own progress now; notices about its own tasks
+    /// are not printed twice.
+    current_run: Arc<Mutex<Option<TaskId>>>,
     /// (prompt, answer) of the last exchanges.
     history: VecDeque<(String, String)>,
     /// Every run so far, whose detached tasks may still finish.
@@ -152,9 +153,12 @@ impl Session {
             }
         };
         self.runs.push(run.run_id());
-        self.in_run.store(true, Ordering::Relaxed);
+        *self.current_run.lock() = Some(run.run_id());
+        // Ctrl-C cancels this prompt's run, not the session.
+        let interrupt = cancel_on_interrupt(self.stack.runtime.registry().clone(), run.run_id());
         show_events(&mut run, true).await;
-        self.in_run.store(false, Ordering::Relaxed);
+        interrupt.abort();
+        *self.current_run.lock() = None;
         match run.finish().await {
             Ok(output) => {
                 let detached = output
@@ -266,8 +270,18 @@ impl Session {
         let Some(id) = self.find(given) else {
             return;
         };
-        say(&format!("waiting for {} (Ctrl-C stops deputy)", id.short()));
-        match self.stack.runtime.registry().wait(id, None).await {
+        say(&format!(
+            "waiting for {} (Ctrl-C stops waiting)",
+            id.short()
+        ));
+        let waited = tokio::select! {
+            waited = self.stack.runtime.registry().wait(id, None) => waited,
+            true = interrupt_signal() => {
+                say("stopped waiting; the task goes on");
+                return;
+            }
+        };
+        match waited {
             Ok(done) => {
                 let task = done.task;
                 match (&task.output, &task.failure) {
@@ -305,10 +319,11 @@ fn say(text: &str) {
     let _ = writeln!(std::io::stderr(), "{text}");
 }
 
-/// Prints a notice whenever a background task ends between prompts.
+/// Prints a notice whenever a background sub-agent ends, but for those of
+/// the run showing its own progress.
 async fn print_finished(
     mut events: tokio::sync::broadcast::Receiver<RegistryEvent>,
-    in_run: Arc<AtomicBool>,
+    current_run: Arc<Mutex<Option<TaskId>>>,
 ) {
     loop {
         match events.recv().await {
@@ -316,9 +331,9 @@ async fn print_finished(
                 task_id,
                 agent,
                 status,
-                parent_id: Some(_),
+                parent_id: Some(parent),
                 ..
-            }) if !in_run.load(Ordering::Relaxed) => say(&format!(
+            }) if *current_run.lock() != Some(parent) => say(&format!(
                 "[{} {agent} {status}; /wait {} shows it]",
                 task_id.short(),
                 task_id.short()
@@ -332,8 +347,9 @@ async fn print_finished(
 /// Lines from the editor, read on a thread of their own (rustyline
 /// blocks).
 struct Lines {
-    asks: std::sync::mpsc::Sender<String>,
+    asks: Option<std::sync::mpsc::Sender<String>>,
     lines: mpsc::Receiver<Option<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Lines {
@@ -341,15 +357,23 @@ impl Lines {
     ///
     /// Cancel safety: not cancel safe; a dropped call may lose a line.
     async fn next(&mut self, prompt: &str) -> Option<String> {
-        self.asks.send(prompt.to_owned()).ok()?;
+        self.asks.as_ref()?.send(prompt.to_owned()).ok()?;
         self.lines.recv().await.flatten()
+    }
+
+    /// Lets the reader thread end, and waits for it to save the history.
+    async fn close(mut self) {
+        drop(self.asks.take());
+        if let Some(reader) = self.reader.take() {
+            let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+        }
     }
 }
 
 fn spawn_reader() -> Lines {
     let (asks, asked) = std::sync::mpsc::channel::<String>();
     let (sender, lines) = mpsc::channel(1);
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         let history =
             std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".deputy_history"));
         let mut editor = match rustyline::DefaultEditor::new() {
@@ -371,7 +395,9 @@ fn spawn_reader() -> Lines {
                     }
                     Some(line)
                 }
-                // Ctrl-C on an empty line and Ctrl-D end the session.
+                // Ctrl-C drops the line being typed; the session goes on.
+                Err(rustyline::error::ReadlineError::Interrupted) => Some(String::new()),
+                // Ctrl-D (or the end of piped input) ends the session.
                 Err(_) => None,
             };
             let done = line.is_none();
@@ -383,5 +409,9 @@ fn spawn_reader() -> Lines {
             let _ = editor.save_history(path);
         }
     });
-    Lines { asks, lines }
+    Lines {
+        asks: Some(asks),
+        lines,
+        reader: Some(reader),
+    }
 }

@@ -195,7 +195,7 @@ pub(crate) struct ServerSettings {
 }
 
 /// The checked config.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Config {
     /// Where it came from.
     pub(crate) source: Source,
@@ -214,6 +214,31 @@ pub(crate) struct Config {
     /// `[agent.subagents]` and `[agents.*]`), as written, to tell a reload
     /// that one of them changed.
     pub(crate) restart_sections: toml::Table,
+    /// A hash of the text it was parsed from.
+    pub(crate) text_hash: u64,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The raw sections may hold keys and URLs: not shown.
+        f.debug_struct("Config")
+            .field("source", &self.source)
+            .field("orchestrator", &self.orchestrator)
+            .field("subagents", &self.subagents)
+            .field("providers", &self.providers)
+            .field("agents", &self.agents)
+            .field("hooks", &self.hooks)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A hash of config text, to tell whether a file changed.
+pub(crate) fn text_hash(text: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::hash::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Where a config came from.
@@ -351,6 +376,7 @@ pub(crate) fn parse(text: &str, source: Source) -> Result<Config, ConfigError> {
         agent.remove("subagents");
     }
     config.restart_sections = sections;
+    config.text_hash = text_hash(text);
     Ok(config)
 }
 
@@ -560,6 +586,7 @@ fn check(raw: RawConfig, source: Source) -> Result<Config, Vec<String>> {
             hooks,
             server,
             restart_sections: toml::Table::new(),
+            text_hash: 0,
         }),
         _ => Err(problems),
     }

@@ -18,7 +18,6 @@
 //!   runtime's agents for new tasks. Every other section needs a restart:
 //!   a change there is logged as "restart required" and not applied.
 
-use std::hash::{Hash as _, Hasher as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -115,20 +114,23 @@ impl Reloader {
             ok: true,
             ..ReloadStatus::default()
         });
-        // The watcher is made before the first read, so no change between
-        // load and watch is missed (the hash comparison catches it).
-        let (events, hints) = mpsc::unbounded_channel();
-        let watcher = watch_files
-            .then(|| watch_directory(&path, events))
-            .flatten();
+        // The hash is of the text that was loaded, so an edit made while
+        // the stack was being built is seen at the first look.
+        let (hint_sender, hints) = mpsc::unbounded_channel();
+        let watch = Watch::new(&path, &hint_sender, watch_files);
+        // Registered before the task runs, so an early SIGHUP is a reload,
+        // not the signal's default (ending the process).
+        let hangups = hangup_signals();
         let state = State {
-            last_hash: read_hash(&path),
+            last_hash: Some(config.text_hash),
             path,
             current: config,
             live,
             status,
+            watch,
+            hint_sender,
         };
-        let task = tokio::spawn(state.run(hints, watcher, poll_every));
+        let task = tokio::spawn(state.run(hints, hangups, poll_every));
         Some(Self {
             status: receiver,
             task,
@@ -146,19 +148,104 @@ impl Reloader {
     }
 }
 
-/// Starts a directory watcher that sends a hint for every event that may
-/// concern `path`; `None` (with a warning) when the platform refuses, in
-/// which case the periodic re-check still works.
-fn watch_directory(
-    path: &Path,
-    hints: mpsc::UnboundedSender<()>,
-) -> Option<notify::RecommendedWatcher> {
-    let directory = path
+/// What is watched for a config path: its own directory and, when the
+/// path is a symlink into another directory, that directory too. Checked
+/// again at every re-check, so a directory deleted and made again, or a
+/// link that now points elsewhere, is watched anew.
+struct Watch {
+    enabled: bool,
+    targets: Vec<(PathBuf, Option<(u64, u64)>)>,
+    watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl Watch {
+    fn new(path: &Path, hints: &mpsc::UnboundedSender<()>, enabled: bool) -> Self {
+        let mut watch = Self {
+            enabled,
+            targets: Vec::new(),
+            watcher: None,
+        };
+        watch.refresh(path, hints);
+        watch
+    }
+
+    /// (Re)starts the watcher when what should be watched changed.
+    fn refresh(&mut self, path: &Path, hints: &mpsc::UnboundedSender<()>) {
+        if !self.enabled {
+            return;
+        }
+        let targets = watch_targets(path);
+        if targets == self.targets && self.watcher.is_some() {
+            return;
+        }
+        let restarted = !self.targets.is_empty();
+        self.targets = targets;
+        self.watcher = start_watcher(path, &self.targets, hints.clone());
+        if restarted && self.watcher.is_some() {
+            tracing::info!(path = %path.display(), "the config directory changed; watching it again");
+        }
+    }
+}
+
+/// The directories to watch for `path`, each with its identity (device
+/// and inode) when it exists.
+fn watch_targets(path: &Path) -> Vec<(PathBuf, Option<(u64, u64)>)> {
+    let own = path
         .parent()
         .filter(|dir| !dir.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_owned();
-    let name = path.file_name().map(ToOwned::to_owned);
+    let mut dirs = vec![own.clone()];
+    if let Ok(real) = std::fs::canonicalize(path)
+        && let Some(real_dir) = real.parent()
+        && std::fs::canonicalize(&own).ok().as_deref() != Some(real_dir)
+        // A ConfigMap's target directory is replaced on every update; its
+        // `..data` link is seen from the file's own directory.
+        && !real_dir
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with(".."))
+    {
+        dirs.push(real_dir.to_owned());
+    }
+    dirs.into_iter()
+        .map(|dir| {
+            let identity = identity(&dir);
+            (dir, identity)
+        })
+        .collect()
+}
+
+#[cfg(unix)]
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(dir)
+        .ok()
+        .map(|meta| (meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(dir).ok().map(|_| (0, 0))
+}
+
+/// A watcher over `targets` that sends a hint for every event that may
+/// concern `path`; `None` (with a warning) when the platform refuses, in
+/// which case the periodic re-check still works.
+fn start_watcher(
+    path: &Path,
+    targets: &[(PathBuf, Option<(u64, u64)>)],
+    hints: mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    let mut names: Vec<std::ffi::OsString> = path
+        .file_name()
+        .map(ToOwned::to_owned)
+        .into_iter()
+        .collect();
+    if let Ok(real) = std::fs::canonicalize(path)
+        && let Some(name) = real.file_name()
+    {
+        names.push(name.to_owned());
+    }
     let handler = move |event: notify::Result<notify::Event>| {
         let concerns_us = match &event {
             // An error may mean lost events: look at the file.
@@ -166,10 +253,10 @@ fn watch_directory(
             Ok(event) => {
                 event.paths.is_empty()
                     || event.paths.iter().any(|changed| {
-                        let changed = changed.file_name();
-                        changed == name.as_deref()
-                            || changed
-                                .is_some_and(|changed| changed.to_string_lossy().starts_with(".."))
+                        changed.file_name().is_some_and(|changed| {
+                            names.iter().any(|name| name == changed)
+                                || changed.to_string_lossy().starts_with("..")
+                        })
                     })
             }
         };
@@ -179,33 +266,23 @@ fn watch_directory(
         }
     };
     let started = notify::recommended_watcher(handler).and_then(|mut watcher| {
-        watcher
-            .watch(&directory, notify::RecursiveMode::NonRecursive)
-            .map(|()| watcher)
+        for (dir, _) in targets {
+            watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
+        }
+        Ok(watcher)
     });
     match started {
         Ok(watcher) => Some(watcher),
         Err(error) => {
             tracing::warn!(
-                directory = %directory.display(),
+                path = %path.display(),
                 %error,
-                "cannot watch the config directory; changes are picked up by the {}-second re-check or SIGHUP",
+                "cannot watch the config file's directory; changes are picked up by the {}-second re-check or SIGHUP",
                 POLL_EVERY.as_secs()
             );
             None
         }
     }
-}
-
-/// The file's content hash, or `None` when it cannot be read.
-fn read_hash(path: &Path) -> Option<u64> {
-    std::fs::read(path).ok().map(|bytes| hash(&bytes))
-}
-
-fn hash(bytes: &[u8]) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    bytes.hash(&mut hasher);
-    hasher.finish()
 }
 
 struct State {
@@ -214,17 +291,18 @@ struct State {
     live: Live,
     last_hash: Option<u64>,
     status: watch::Sender<ReloadStatus>,
+    watch: Watch,
+    /// Kept so a restarted watcher can send hints again.
+    hint_sender: mpsc::UnboundedSender<()>,
 }
 
 impl State {
     async fn run(
         mut self,
         mut hints: mpsc::UnboundedReceiver<()>,
-        // Kept alive here: dropping a watcher stops its events.
-        _watcher: Option<notify::RecommendedWatcher>,
+        mut hangups: Hangups,
         poll_every: Duration,
     ) {
-        let mut hangups = hangup_signals();
         let mut poll = tokio::time::interval(poll_every);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         poll.tick().await;
@@ -245,7 +323,10 @@ impl State {
                     tracing::info!(path = %self.path.display(), "SIGHUP: reloading the config");
                     true
                 }
-                _ = poll.tick() => false,
+                _ = poll.tick() => {
+                    self.watch.refresh(&self.path, &self.hint_sender);
+                    false
+                }
             };
             self.reload(forced).await;
         }
@@ -266,7 +347,7 @@ impl State {
                 return;
             }
         };
-        let new_hash = hash(text.as_bytes());
+        let new_hash = config::text_hash(&text);
         if self.last_hash == Some(new_hash) && !forced {
             return;
         }
@@ -279,7 +360,7 @@ impl State {
                 && again != text
             {
                 parsed = config::parse(&again, Source::File(self.path.clone()));
-                self.last_hash = Some(hash(again.as_bytes()));
+                self.last_hash = Some(config::text_hash(&again));
             } else {
                 self.last_hash = Some(new_hash);
             }
@@ -307,6 +388,32 @@ impl State {
     }
 
     fn apply(&mut self, new: Config) {
+        // Everything that can fail is checked before anything applies, so a
+        // reload applies a whole file or nothing of it.
+        let agents = if new.agents == self.current.agents {
+            None
+        } else if !new.agents.contains_key(&self.current.orchestrator) {
+            self.reject(format!(
+                "[agents.{0}] is gone, but it runs the orchestrations until deputy restarts; keep it (or restart to change [agent] name); nothing was applied",
+                self.current.orchestrator
+            ));
+            return;
+        } else {
+            match wiring::agents(&new, &self.live.providers) {
+                Ok(agents) => Some(agents),
+                Err(error) => {
+                    self.reject(format!("{error:#}; nothing was applied"));
+                    return;
+                }
+            }
+        };
+        if let Some(agents) = agents
+            && let Err(error) = self.live.runtime.replace_agents(agents)
+        {
+            self.reject(format!("{error}; nothing was applied"));
+            return;
+        }
+
         let mut applied = Vec::new();
         if new.subagents != self.current.subagents {
             let changes = differences(
@@ -322,40 +429,25 @@ impl State {
             self.current.subagents = new.subagents.clone();
         }
         if new.agents != self.current.agents {
-            let agents = wiring::agents(&new, &self.live.providers).and_then(|agents| {
-                self.live
-                    .runtime
-                    .replace_agents(agents)
-                    .map_err(anyhow::Error::from)
-            });
-            match agents {
-                Ok(()) => {
-                    for (name, profile) in &new.agents {
-                        match self.current.agents.get(name) {
-                            Some(old) if old == profile => {}
-                            Some(old) => applied.push(format!(
-                                "[agents.{name}] {} (new tasks use it)",
-                                old.changes(profile).join(", ")
-                            )),
-                            None => applied.push(format!("[agents.{name}] added")),
-                        }
-                    }
-                    for name in self
-                        .current
-                        .agents
-                        .keys()
-                        .filter(|name| !new.agents.contains_key(*name))
-                    {
-                        applied.push(format!("[agents.{name}] removed (running tasks finish)"));
-                    }
-                    self.current.agents = new.agents.clone();
-                }
-                Err(error) => {
-                    // Settings already published stay; report the rest.
-                    self.reject(format!("{error:#}; the agents were not changed"));
-                    return;
+            for (name, profile) in &new.agents {
+                match self.current.agents.get(name) {
+                    Some(old) if old == profile => {}
+                    Some(old) => applied.push(format!(
+                        "[agents.{name}] {} (new tasks use it)",
+                        old.changes(profile).join(", ")
+                    )),
+                    None => applied.push(format!("[agents.{name}] added")),
                 }
             }
+            for name in self
+                .current
+                .agents
+                .keys()
+                .filter(|name| !new.agents.contains_key(*name))
+            {
+                applied.push(format!("[agents.{name}] removed (running tasks finish)"));
+            }
+            self.current.agents = new.agents.clone();
         }
         let restart_required =
             changed_sections(&self.current.restart_sections, &new.restart_sections);
@@ -572,6 +664,10 @@ description = "first"
                 registry.stats().running == 3
             })
             .await;
+        // The status is published just after the settings.
+        fixture
+            .wait_for("the reload status", |f| f.reloader.status().reloads >= 1)
+            .await;
         let status = fixture.reloader.status();
         assert!(status.ok, "{status:?}");
         assert!(
@@ -728,6 +824,9 @@ description = "first"
                 f.stack.runtime.agent("researcher").unwrap().description() == "second"
             })
             .await;
+        fixture
+            .wait_for("the reload status", |f| f.reloader.status().reloads >= 1)
+            .await;
         let status = fixture.reloader.status();
         assert_eq!(
             fixture
@@ -756,6 +855,43 @@ description = "first"
         fixture
             .wait_for("the re-check applying the edit", |f| f.cap() == 5)
             .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_edit_that_cannot_apply_in_full_applies_nothing() {
+        let fixture = fixture(&config_text(2, ""));
+        // The cap is raised, but the researcher moves to a provider that was
+        // not running at start: nothing of the edit may apply.
+        let text = config_text(6, "").replace(
+            "[agents.researcher]\nprovider = \"offline\"",
+            "[agents.researcher]\nprovider = \"later\"",
+        ) + "\n[providers.later]\nkind = \"scripted\"\n";
+        std::fs::write(&fixture.path, text).unwrap();
+        fixture
+            .wait_for("the edit being rejected", |f| !f.reloader.status().ok)
+            .await;
+        let error = fixture.reloader.status().error.unwrap();
+        assert!(
+            error.contains("provider later, which was not running at start"),
+            "{error}"
+        );
+        assert!(error.contains("nothing was applied"), "{error}");
+        assert_eq!(fixture.cap(), 2);
+
+        // Removing the running orchestrator is refused the same way.
+        let text = config_text(6, "").replace("[agents.orchestrator]", "[agents.lead]")
+            + "\n[agent]\nname = \"lead\"\n";
+        std::fs::write(&fixture.path, text).unwrap();
+        fixture
+            .wait_for("the orchestrator removal being rejected", |f| {
+                f.reloader
+                    .status()
+                    .error
+                    .is_some_and(|error| error.contains("[agents.orchestrator] is gone"))
+            })
+            .await;
+        assert_eq!(fixture.cap(), 2);
+        assert!(fixture.stack.runtime.agent("orchestrator").is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use deputy_agent::{RunError, RunEvent, RunHandle, RunReport};
-use deputy_registry::{TaskId, TaskStatus, Usage};
+use deputy_registry::{Registry, TaskId, TaskStatus, Usage};
 use futures::StreamExt as _;
 use serde::Serialize;
 
@@ -49,7 +49,11 @@ pub(crate) async fn run(
             RunError::UnknownAgent { .. } | RunError::EmptyPrompt => CliError::usage(error.into()),
             other => CliError::failed(other.into()),
         })?;
+    // Ctrl-C cancels the run (its sub-agents get their SubagentStop and
+    // the summary still prints); it does not kill the process.
+    let interrupt = cancel_on_interrupt(stack.runtime.registry().clone(), run.run_id());
     show_events(&mut run, !json).await;
+    interrupt.abort();
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
     let result = run.finish().await;
@@ -254,6 +258,39 @@ impl Progress {
             }
         }
     }
+}
+
+/// Cancels `task` at the first Ctrl-C; abort the handle once it is moot.
+///
+/// The signal handler is in place when this returns, so a Ctrl-C right
+/// after never falls through to the default (ending the process).
+pub(crate) fn cancel_on_interrupt(registry: Registry, task: TaskId) -> tokio::task::JoinHandle<()> {
+    let interrupted = interrupt_signal();
+    tokio::spawn(async move {
+        if interrupted.await {
+            let _ = writeln!(std::io::stderr(), "interrupted: cancelling the run");
+            let _ = registry.cancel(task);
+        }
+    })
+}
+
+/// A future that is true at the next Ctrl-C, false if none can be awaited;
+/// the handler is registered before this returns.
+#[cfg(unix)]
+pub(crate) fn interrupt_signal() -> impl std::future::Future<Output = bool> + Send + 'static {
+    let signals = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+    async move {
+        match signals {
+            Ok(mut signals) => signals.recv().await.is_some(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// A future that is true at the next Ctrl-C, false if none can be awaited.
+#[cfg(not(unix))]
+pub(crate) fn interrupt_signal() -> impl std::future::Future<Output = bool> + Send + 'static {
+    async { tokio::signal::ctrl_c().await.is_ok() }
 }
 
 /// The run's cost: the orchestrator's own calls plus every sub-agent's;

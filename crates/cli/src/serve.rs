@@ -7,13 +7,20 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 
+use std::future::IntoFuture as _;
+use std::time::Duration;
+
 use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppState, router};
 use crate::config::Config;
 use crate::exit::CliError;
 use crate::reload::{Live, Reloader};
 use crate::wiring;
+
+/// How long open connections get to finish after the shutdown signal.
+const CONNECTION_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the server until a shutdown signal.
 ///
@@ -43,12 +50,14 @@ pub(crate) async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<
     let max_body_bytes = config.server.max_body_bytes;
     let orchestrator = config.orchestrator.clone();
     let reloader = Reloader::start(config, Live::of(&stack));
+    let stopping = CancellationToken::new();
     let state = AppState::new(
         stack.runtime.clone(),
         orchestrator,
         stack.hooks.metrics().cloned(),
         reloader.as_ref().map(Reloader::subscribe),
         token,
+        stopping.clone(),
     );
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -65,11 +74,27 @@ pub(crate) async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<
     );
     tracing::info!(%address, "listening");
 
-    axum::serve(listener, router(state, max_body_bytes))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("the server failed")
-        .map_err(CliError::failed)?;
+    let signalled = stopping.clone();
+    let server = axum::serve(listener, router(state, max_body_bytes))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Event streams end and waits return, so their connections close.
+            signalled.cancel();
+        })
+        .into_future();
+    tokio::pin!(server);
+    tokio::select! {
+        served = &mut server => served.context("the server failed").map_err(CliError::failed)?,
+        () = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(CONNECTION_GRACE).await;
+        } => {
+            tracing::warn!(
+                "connections still open {} s after the shutdown signal; closing them",
+                CONNECTION_GRACE.as_secs()
+            );
+        }
+    }
 
     let _ = writeln!(
         std::io::stderr(),

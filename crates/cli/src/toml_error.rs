@@ -17,8 +17,26 @@ pub(crate) fn describe_toml_error(text: &str, error: &toml::de::Error) -> String
     let column = text[line_start..start].chars().count() + 1;
     let line_text = text[line_start..].lines().next().unwrap_or("");
 
+    let path = key_path(text, line_start, line_text);
+    // A value under a key that may hold a secret (a key, a token, a URL
+    // with a token in it) is never echoed, in the message or the line.
+    let hidden = path.as_deref().is_some_and(is_sensitive);
+    let (message, line_text) = if hidden {
+        let (key, value) = line_text.split_once('=').unwrap_or((line_text, ""));
+        let value = value.trim();
+        let mut message = message;
+        for form in [value, value.trim_matches('"'), value.trim_matches('\'')] {
+            if form.len() >= 2 {
+                message = message.replace(form, "<hidden>");
+            }
+        }
+        (message, format!("{} = <hidden>", key.trim_end()))
+    } else {
+        (message, line_text.to_owned())
+    };
+
     let mut sentence = format!("line {line_number}, column {column}");
-    if let Some(path) = key_path(text, line_start, line_text) {
+    if let Some(path) = &path {
         sentence.push_str(&format!(", at {path}"));
     }
     sentence.push_str(": ");
@@ -32,11 +50,25 @@ pub(crate) fn describe_toml_error(text: &str, error: &toml::de::Error) -> String
         .lines()
         .next()
         .map_or(1, |marked| marked.chars().count().max(1));
+    let (column, width) = if hidden {
+        (1, line_text.chars().count().max(1))
+    } else {
+        (column, width)
+    };
     format!(
         "{sentence}\n{gutter} |\n{line_number} | {line_text}\n{gutter} | {}{}",
         " ".repeat(column - 1),
         "^".repeat(width)
     )
+}
+
+/// Whether a key path names something that may hold a secret.
+fn is_sensitive(path: &str) -> bool {
+    const WORDS: [&str; 8] = [
+        "key", "token", "secret", "password", "url", "header", "env", "auth",
+    ];
+    let path = path.to_ascii_lowercase();
+    WORDS.iter().any(|word| path.contains(word))
 }
 
 /// `table.key` for an error on a `key = value` line: the last `[table]`
@@ -104,6 +136,29 @@ mod tests {
             Some("agent.subagents.max_concurrent")
         );
         assert_eq!(key_path(text, 0, "[agent.subagents] # limits"), None);
+    }
+
+    #[test]
+    fn values_of_secret_keys_are_never_echoed() {
+        #[derive(Debug, serde::Deserialize)]
+        #[expect(dead_code, reason = "only parsed, to get the error")]
+        struct Provider {
+            api_key: u32,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[expect(dead_code, reason = "only parsed, to get the error")]
+        struct File {
+            providers: std::collections::BTreeMap<String, Provider>,
+        }
+        let text = "[providers.openai]\napi_key = \"sk-live-abcdef123456\"\n";
+        let error = toml::from_str::<File>(text).unwrap_err();
+        let described = describe_toml_error(text, &error);
+        assert!(!described.contains("sk-live"), "{described}");
+        assert!(
+            described.contains("at providers.openai.api_key"),
+            "{described}"
+        );
+        assert!(described.contains("api_key = <hidden>"), "{described}");
     }
 
     #[test]

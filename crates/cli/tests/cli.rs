@@ -257,3 +257,74 @@ fn the_example_config_runs_offline_as_it_is() {
         "{stderr}"
     );
 }
+
+#[test]
+fn ctrl_c_cancels_the_run_and_still_prints_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("deputy.toml"),
+        r#"
+[providers.fast]
+kind = "scripted"
+
+[providers.slow]
+kind = "scripted"
+latency_ms = 60000
+
+[agents.orchestrator]
+provider = "fast"
+subagents = ["researcher"]
+
+[agents.researcher]
+provider = "slow"
+"#,
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deputy"))
+        .args(["run", "Compare Go and Rust"])
+        .current_dir(dir.path())
+        .env_remove("DEPUTY_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Both researchers have started once their lines are out; then interrupt.
+    let stderr = child.stderr.take().unwrap();
+    let (started, lines) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("started ") {
+                let _ = started.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    for _ in 0..2 {
+        lines
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap();
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = child.wait().unwrap();
+    let stderr = reader.join().unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("interrupted: cancelling the run"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("done: 2 sub-agent tasks, 0 completed, 2 cancelled"),
+        "{stderr}"
+    );
+}

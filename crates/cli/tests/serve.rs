@@ -466,6 +466,20 @@ async fn editing_the_file_raises_the_cap_for_queued_tasks_and_a_bad_edit_is_repo
     assert_eq!(settings["subagents"]["max_concurrent"], 3);
     assert_eq!(settings["reload"]["ok"], true);
     assert!(
+        settings["reload"]["reloads"].as_u64().unwrap() >= 1,
+        "{settings}"
+    );
+    // The log line goes through a pipe and a reader thread: give it time.
+    for _ in 0..200 {
+        if server
+            .log()
+            .contains("config reloaded: [agent.subagents] max_concurrent 1 -> 3")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
         server
             .log()
             .contains("config reloaded: [agent.subagents] max_concurrent 1 -> 3"),
@@ -565,16 +579,29 @@ async fn sigterm_past_the_drain_limit_cancels_and_still_fires_every_stop() {
         &[],
     );
     let client = reqwest::Client::new();
+    let mut ids = Vec::new();
     for n in 0..2 {
-        let (status, _) = post(
+        let (status, created) = post(
             &client,
             &server.url("/v1/tasks"),
             json!({"task": format!("task {n}")}),
         )
         .await;
         assert_eq!(status, 202);
+        ids.push(created["task_id"].as_str().unwrap().to_owned());
     }
+    // An open event stream and a long wait must not hold the shutdown.
+    let events = client.get(server.url("/v1/events")).send().await.unwrap();
+    assert_eq!(events.status().as_u16(), 200);
+    let waiting = tokio::spawn(
+        client
+            .get(server.url(&format!("/v1/tasks/{}?wait=true", ids[0])))
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(server.terminate(), Some(0), "{}", server.log());
+    drop(events);
+    waiting.abort();
     assert!(
         server
             .log()
