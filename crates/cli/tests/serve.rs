@@ -35,6 +35,11 @@ impl Server {
     fn start(config: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("deputy.toml"), config).unwrap();
+        Self::start_in(dir, env)
+    }
+
+    /// Starts `deputy serve` in `dir`, whose `deputy.toml` is in place.
+    fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_deputy"));
         command
             .args(["serve", "--listen", "127.0.0.1:0"])
@@ -639,4 +644,87 @@ fn assert_audit_pairs(path: &Path, tasks: usize) -> Vec<String> {
     assert_eq!(starts, stops, "{text}");
     assert!(starts.values().all(|count| *count == 1), "{text}");
     statuses
+}
+
+/// Polls `/v1/settings` until `max_concurrent` is `cap`.
+async fn wait_for_cap(client: &reqwest::Client, server: &Server, cap: u64) -> Value {
+    let mut settings = Value::Null;
+    for _ in 0..400 {
+        settings = get(client, &server.url("/v1/settings")).await.1;
+        if settings["subagents"]["max_concurrent"] == cap {
+            return settings;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "max_concurrent never became {cap}: {settings}\n{}",
+        server.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_save_and_a_delete_and_recreate_apply_through_the_server() {
+    let server = Server::start(&config(10, "max_concurrent = 1", ""), &[]);
+    let client = reqwest::Client::new();
+    let original = std::fs::read_to_string(server.config_path()).unwrap();
+
+    // vim: write a new file beside it, rename it over the old one.
+    let swap = server.dir.path().join(".deputy.toml.swp");
+    std::fs::write(
+        &swap,
+        original.replace("max_concurrent = 1", "max_concurrent = 4"),
+    )
+    .unwrap();
+    std::fs::rename(&swap, server.config_path()).unwrap();
+    wait_for_cap(&client, &server, 4).await;
+
+    // Delete, then write it again.
+    std::fs::remove_file(server.config_path()).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, settings) = get(&client, &server.url("/v1/settings")).await;
+    assert_eq!(
+        settings["subagents"]["max_concurrent"], 4,
+        "the last good settings stay"
+    );
+    std::fs::write(
+        server.config_path(),
+        original.replace("max_concurrent = 1", "max_concurrent = 6"),
+    )
+    .unwrap();
+    let settings = wait_for_cap(&client, &server, 6).await;
+    assert_eq!(settings["reload"]["ok"], true, "{settings}");
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_style_symlink_swap_applies_through_the_server() {
+    use std::os::unix::fs::symlink;
+    // The layout of a Kubernetes ConfigMap volume, built before the server
+    // starts: deputy.toml -> ..data/deputy.toml, ..data -> ..v1.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("..v1")).unwrap();
+    std::fs::write(
+        root.join("..v1/deputy.toml"),
+        config(10, "max_concurrent = 1", ""),
+    )
+    .unwrap();
+    symlink("..v1", root.join("..data")).unwrap();
+    symlink("..data/deputy.toml", root.join("deputy.toml")).unwrap();
+    let server = Server::start_in(dir, &[]);
+    let client = reqwest::Client::new();
+    let (_, settings) = get(&client, &server.url("/v1/settings")).await;
+    assert_eq!(settings["subagents"]["max_concurrent"], 1);
+
+    let root = server.dir.path();
+    std::fs::create_dir(root.join("..v2")).unwrap();
+    std::fs::write(
+        root.join("..v2/deputy.toml"),
+        config(10, "max_concurrent = 5", ""),
+    )
+    .unwrap();
+    symlink("..v2", root.join("..data_tmp")).unwrap();
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    std::fs::remove_dir_all(root.join("..v1")).unwrap();
+    wait_for_cap(&client, &server, 5).await;
 }
