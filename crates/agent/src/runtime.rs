@@ -332,6 +332,7 @@ pub struct RuntimeBuilder {
     settings: SettingsHandle,
     hooks: HookStack,
     limits: Limits,
+    event_capacity: usize,
 }
 
 impl Default for RuntimeBuilder {
@@ -340,6 +341,7 @@ impl Default for RuntimeBuilder {
             agents: Vec::new(),
             settings: SettingsHandle::default(),
             hooks: HookStack::new(),
+            event_capacity: deputy_registry::DEFAULT_EVENT_CAPACITY,
             limits: Limits {
                 max_depth: DEFAULT_MAX_DEPTH,
                 on_finish: OnFinish::default(),
@@ -409,6 +411,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Capacity of the registry's lifecycle event channel (default
+    /// [`deputy_registry::DEFAULT_EVENT_CAPACITY`]); a host that reads
+    /// every event of a large burst needs more.
+    #[must_use]
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity;
+        self
+    }
+
     /// Checks the agents and limits and builds the runtime with its own
     /// registry.
     ///
@@ -449,6 +460,7 @@ impl RuntimeBuilder {
         let registry = Registry::builder()
             .settings(self.settings)
             .hooks(self.hooks)
+            .event_capacity(self.event_capacity)
             .build();
         for agent in &self.agents {
             registry.set_agent_limit(&agent.name, agent.max_concurrent);

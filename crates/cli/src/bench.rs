@@ -2,9 +2,13 @@
 //! table or as JSON. Figures are reported, never asserted: targets live in
 //! BENCHMARKS.md.
 //!
-//! `reload`: the time from writing a raised `max_concurrent` into the
-//! config file to the first newly admitted task starting, through the real
-//! watcher, debounce, parse, check and publish.
+//! * `burst`: many background tasks launched at once under a small cap.
+//! * `wide`: as many tasks running at once as the cap allows, all of them.
+//! * `churn`: a stream of tasks with random cancels, failures and cap
+//!   changes (through the config file) for a while, then its invariants.
+//! * `reload`: the time from writing a raised `max_concurrent` into the
+//!   config file to the first newly admitted task starting, through the
+//!   real watcher, debounce, parse, check and publish.
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
@@ -13,9 +17,240 @@ use anyhow::Context as _;
 use deputy_registry::{RegistryEvent, TaskSpec};
 use serde::Serialize;
 
+use crate::bench_load;
 use crate::config;
 use crate::reload::{DEBOUNCE, Live, Reloader};
 use crate::wiring;
+
+/// The scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Scenario {
+    /// 10,000 background tasks launched at once, cap 64, 50 ms model latency.
+    Burst,
+    /// 10,000 tasks running at once, cap 10,000.
+    Wide,
+    /// Tasks with random cancels, failures and cap changes for `--secs`.
+    Churn,
+    /// Config write with a raised cap → the first newly admitted task.
+    Reload,
+}
+
+/// `deputy bench` flags; unset ones take the scenario's default.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BenchArgs {
+    /// Which scenario.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Tasks to launch (burst, wide).
+    #[arg(long)]
+    tasks: Option<usize>,
+    /// `max_concurrent`.
+    #[arg(long)]
+    cap: Option<usize>,
+    /// The scripted provider's latency per reply, standing in for model time.
+    #[arg(long)]
+    latency_ms: Option<u64>,
+    /// How long churn runs.
+    #[arg(long, default_value_t = 600)]
+    secs: u64,
+    /// Raises measured by reload.
+    #[arg(long, default_value_t = 100)]
+    iterations: usize,
+    /// Seed of churn's random choices.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Measure one side only and print its figures as JSON (each side runs
+    /// in a fresh process, so one's memory does not flatter the other's).
+    #[arg(long, value_enum, hide = true)]
+    side: Option<Side>,
+}
+
+/// One side of a load comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Side {
+    /// The real stack.
+    Deputy,
+    /// Bare tokio tasks behind a Semaphore.
+    Baseline,
+}
+
+/// Runs the scenario `args` names and prints its figures.
+///
+/// # Errors
+/// The scenario could not run (a file could not be written, the registry
+/// refused a task, a raise was never applied).
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    match args.scenario {
+        Scenario::Burst | Scenario::Wide => {
+            let wide = args.scenario == Scenario::Wide;
+            let tasks = args.tasks.unwrap_or(10_000);
+            let cap = args.cap.unwrap_or(if wide { tasks } else { 64 });
+            let latency_ms = args.latency_ms.unwrap_or(if wide { 2000 } else { 50 });
+            let name = if wide { "wide" } else { "burst" };
+            if let Some(side) = args.side {
+                let figures = bench_load::one_side(side, tasks, cap, latency_ms).await?;
+                writeln!(out, "{}", serde_json::to_string(&figures)?)?;
+                return Ok(());
+            }
+            let measure = |side: &str| -> anyhow::Result<bench_load::Figures> {
+                let output = std::process::Command::new(std::env::current_exe()?)
+                    .args(["bench", name, "--side", side, "--tasks", &tasks.to_string()])
+                    .args([
+                        "--cap",
+                        &cap.to_string(),
+                        "--latency-ms",
+                        &latency_ms.to_string(),
+                    ])
+                    .env("RUST_LOG", "warn")
+                    .stderr(std::process::Stdio::inherit())
+                    .output()?;
+                anyhow::ensure!(output.status.success(), "the {side} side failed");
+                Ok(serde_json::from_slice(&output.stdout)?)
+            };
+            let registry = measure("deputy")?;
+            let baseline = measure("baseline")?;
+            let report =
+                bench_load::LoadReport::new(name, tasks, cap, latency_ms, registry, baseline);
+            if args.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                print_load(&mut out, &report)?;
+            }
+        }
+        Scenario::Churn => {
+            let report = bench_load::churn(
+                args.secs,
+                args.cap.unwrap_or(32),
+                args.latency_ms.unwrap_or(20),
+                args.seed,
+            )
+            .await?;
+            if args.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "churn: {} s, {} tasks ({:.0}/s), {} cancels, {} failures, {} cap changes",
+                    report.secs,
+                    report.tasks,
+                    report.tasks_per_s,
+                    report.cancels,
+                    report.failures,
+                    report.cap_changes
+                )?;
+                let samples: Vec<String> = report
+                    .rss_samples_bytes
+                    .iter()
+                    .map(|bytes| format!("{:.1} MiB", *bytes as f64 / 1_048_576.0))
+                    .collect();
+                writeln!(
+                    out,
+                    "  resident memory at each eighth of the run: {}",
+                    samples.join(", ")
+                )?;
+                writeln!(
+                    out,
+                    "  retained tasks at most {} (bound {}); leaked slots {}; audit {} starts, {} stops, {} unpaired; undelivered {}",
+                    report.retained_max,
+                    report.retained_bound,
+                    report.leaked_slots,
+                    report.starts,
+                    report.stops,
+                    report.unpaired,
+                    report.undelivered
+                )?;
+                writeln!(
+                    out,
+                    "  invariants: {}",
+                    if report.invariants_ok {
+                        "hold"
+                    } else {
+                        "BROKEN"
+                    }
+                )?;
+            }
+            anyhow::ensure!(report.invariants_ok, "churn broke an invariant: {report:?}");
+        }
+        Scenario::Reload => reload(args.iterations, args.json).await?,
+    }
+    Ok(())
+}
+
+fn print_load(
+    out: &mut impl std::io::Write,
+    report: &bench_load::LoadReport,
+) -> std::io::Result<()> {
+    let (registry, baseline) = (&report.registry, &report.baseline);
+    writeln!(
+        out,
+        "{}: {} tasks, cap {}, {} ms model latency (ideal {:.2} s)",
+        report.scenario, report.tasks, report.cap, report.latency_ms, report.ideal_s
+    )?;
+    writeln!(out, "  {:<28} {:>14} {:>14}", "", "deputy", "baseline")?;
+    let rows: [(&str, f64, f64, usize); 9] = [
+        ("elapsed (s)", registry.elapsed_s, baseline.elapsed_s, 2),
+        ("tasks/s", registry.tasks_per_s, baseline.tasks_per_s, 0),
+        (
+            "hand-off p50 (us)",
+            registry.handoff_p50_us,
+            baseline.handoff_p50_us,
+            1,
+        ),
+        (
+            "hand-off p99 (us)",
+            registry.handoff_p99_us,
+            baseline.handoff_p99_us,
+            1,
+        ),
+        (
+            "hand-off max (us)",
+            registry.handoff_max_us,
+            baseline.handoff_max_us,
+            1,
+        ),
+        (
+            "queue wait p50 (ms)",
+            registry.queue_wait_p50_ms,
+            baseline.queue_wait_p50_ms,
+            1,
+        ),
+        (
+            "queue wait p99 (ms)",
+            registry.queue_wait_p99_ms,
+            baseline.queue_wait_p99_ms,
+            1,
+        ),
+        (
+            "peak RSS (MiB)",
+            registry.peak_rss_bytes as f64 / 1_048_576.0,
+            baseline.peak_rss_bytes as f64 / 1_048_576.0,
+            1,
+        ),
+        (
+            "bytes per task",
+            registry.bytes_per_task,
+            baseline.bytes_per_task,
+            0,
+        ),
+    ];
+    for (name, ours, theirs, digits) in rows {
+        writeln!(out, "  {name:<28} {ours:>14.digits$} {theirs:>14.digits$}")?;
+    }
+    writeln!(
+        out,
+        "  {:<28} {:>14.1}",
+        "hook overhead per task (us)", registry.hook_overhead_us
+    )?;
+    writeln!(
+        out,
+        "  ratio to baseline (tasks/s): {:.3}",
+        report.ratio_to_baseline
+    )
+}
 
 /// What `deputy bench reload` measured.
 #[derive(Debug, Serialize)]
@@ -53,8 +288,8 @@ provider = "offline"
 /// # Errors
 /// The temporary config cannot be written, or a raise is never applied
 /// (after 10 s).
-pub(crate) async fn reload(iterations: usize, json: bool) -> anyhow::Result<()> {
-    let dir = tempfile_dir()?;
+async fn reload(iterations: usize, json: bool) -> anyhow::Result<()> {
+    let dir = bench_load::temp_dir()?;
     let path = dir.join("deputy.toml");
     std::fs::write(&path, config_text(1)).context("cannot write the benchmark config")?;
     let config = config::load(&path)?;
@@ -133,15 +368,4 @@ pub(crate) async fn reload(iterations: usize, json: bool) -> anyhow::Result<()> 
         )?;
     }
     Ok(())
-}
-
-/// A fresh directory under the system's temporary directory.
-fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "deputy-bench-{}-{}",
-        std::process::id(),
-        deputy_registry::TaskId::new_random().short()
-    ));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
 }

@@ -11,6 +11,7 @@
 
 mod api;
 mod bench;
+mod bench_load;
 mod chat;
 mod config;
 mod config_cmd;
@@ -89,11 +90,10 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
     },
-    /// Measure a scenario through the real stack and print the figures.
-    Bench {
-        #[command(subcommand)]
-        scenario: BenchScenario,
-    },
+    /// Measure a scenario through the real stack (scripted provider, every
+    /// built-in hook) beside a bare Semaphore baseline, and print the
+    /// figures (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
     /// Check or start a config file.
     Config {
         #[command(subcommand)]
@@ -111,20 +111,6 @@ enum Command {
         /// Simulated work time of each task, in milliseconds.
         #[arg(long, default_value_t = 300)]
         work_ms: u64,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchScenario {
-    /// Time from writing a raised `max_concurrent` into the config file to
-    /// the first newly admitted task.
-    Reload {
-        /// How many raises to measure.
-        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..))]
-        iterations: u16,
-        /// Print the figures as JSON.
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -217,11 +203,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             let config = load_config(cli.config.as_deref(), true)?;
             serve::serve(config, listen).await
         }
-        Command::Bench {
-            scenario: BenchScenario::Reload { iterations, json },
-        } => bench::reload(usize::from(iterations), json)
-            .await
-            .map_err(CliError::failed),
+        Command::Bench(args) => bench::run(args).await.map_err(CliError::failed),
         Command::Demo {
             tasks,
             cap,

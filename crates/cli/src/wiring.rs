@@ -41,6 +41,23 @@ impl std::fmt::Debug for Stack {
 /// # Panics
 /// Outside a Tokio runtime.
 pub(crate) fn build(config: &Config, orchestrator: &str) -> anyhow::Result<Stack> {
+    build_with_events(
+        config,
+        orchestrator,
+        deputy_registry::DEFAULT_EVENT_CAPACITY,
+    )
+}
+
+/// [`build`] with the registry's event channel sized for a reader that
+/// must see every event of a large burst.
+///
+/// # Errors
+/// As [`build`].
+pub(crate) fn build_with_events(
+    config: &Config,
+    orchestrator: &str,
+    event_capacity: usize,
+) -> anyhow::Result<Stack> {
     let env = |name: &str| std::env::var(name).ok();
     let mut providers = Providers::new();
     for profile in config.agents.values() {
@@ -73,6 +90,7 @@ pub(crate) fn build(config: &Config, orchestrator: &str) -> anyhow::Result<Stack
         .on_finish(config.on_finish)
         .max_result_chars(config.max_result_chars)
         .max_wait(config.max_wait)
+        .event_capacity(event_capacity)
         .build()
         .context("the agents do not fit together")?;
     hooks.attach(runtime.registry());
