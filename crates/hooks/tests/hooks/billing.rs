@@ -8,6 +8,26 @@ use deputy_registry::{FailureKind, HookStack, TaskSpec, TaskStatus, Usage};
 
 use crate::support::{Work, hook_task, registry, run, stop_event, stop_signal, usage};
 
+/// A billing hook from `builder`, a registry (cap 4) that runs it, and a
+/// signal after each task's stop hooks.
+fn billed(
+    builder: deputy_hooks::BillingBuilder,
+) -> (
+    Arc<Billing>,
+    deputy_registry::Registry,
+    crate::support::Stops,
+) {
+    let billing = Arc::new(builder.build().unwrap());
+    let (signal, stops) = stop_signal();
+    let registry = registry(
+        HookStack::new()
+            .with_both(billing.clone())
+            .with_stop(signal),
+        4,
+    );
+    (billing, registry, stops)
+}
+
 fn house_prices() -> PriceTable {
     PriceTable::builtin().with_price(
         "house-model",
@@ -19,20 +39,8 @@ fn house_prices() -> PriceTable {
 async fn cost_counts_every_token_kind_and_lands_in_the_ledger() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("ledger.jsonl");
-    let billing = Arc::new(
-        Billing::builder()
-            .prices(house_prices())
-            .ledger(&ledger)
-            .build()
-            .unwrap(),
-    );
-    let (signal, mut stops) = stop_signal();
-    let registry = registry(
-        HookStack::new()
-            .with_both(billing.clone())
-            .with_stop(signal),
-        4,
-    );
+    let (billing, registry, mut stops) =
+        billed(Billing::builder().prices(house_prices()).ledger(&ledger));
 
     let spent = Usage {
         input_tokens: 100_000,
@@ -89,20 +97,8 @@ async fn cost_counts_every_token_kind_and_lands_in_the_ledger() {
 
 #[tokio::test]
 async fn a_spent_budget_denies_the_next_start_with_the_amounts() {
-    let billing = Arc::new(
-        Billing::builder()
-            .prices(house_prices())
-            .budget(5.0)
-            .build()
-            .unwrap(),
-    );
-    let (signal, mut stops) = stop_signal();
-    let registry = registry(
-        HookStack::new()
-            .with_both(billing.clone())
-            .with_stop(signal),
-        4,
-    );
+    let (billing, registry, mut stops) =
+        billed(Billing::builder().prices(house_prices()).budget(5.0));
 
     // 5.02 million input tokens at $1 per million.
     let first = run(
@@ -141,19 +137,10 @@ async fn a_spent_budget_denies_the_next_start_with_the_amounts() {
 
 #[tokio::test]
 async fn an_agent_budget_stops_only_that_agent() {
-    let billing = Arc::new(
+    let (_, registry, mut stops) = billed(
         Billing::builder()
             .prices(house_prices())
-            .agent_budget("researcher", 1.0)
-            .build()
-            .unwrap(),
-    );
-    let (signal, mut stops) = stop_signal();
-    let registry = registry(
-        HookStack::new()
-            .with_both(billing.clone())
-            .with_stop(signal),
-        4,
+            .agent_budget("researcher", 1.0),
     );
 
     run(
@@ -197,20 +184,8 @@ async fn an_agent_budget_stops_only_that_agent() {
 
 #[tokio::test]
 async fn running_tasks_count_against_the_budget() {
-    let billing = Arc::new(
-        Billing::builder()
-            .prices(house_prices())
-            .budget(5.0)
-            .build()
-            .unwrap(),
-    );
-    let (signal, mut stops) = stop_signal();
-    let registry = registry(
-        HookStack::new()
-            .with_both(billing.clone())
-            .with_stop(signal),
-        4,
-    );
+    let (billing, registry, mut stops) =
+        billed(Billing::builder().prices(house_prices()).budget(5.0));
     billing.attach(&registry);
 
     run(
