@@ -20,7 +20,6 @@ use serde::Serialize;
 use crate::bench_load;
 use crate::config;
 use crate::reload::{DEBOUNCE, Live, Reloader};
-use crate::wiring;
 
 /// The scenarios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -264,37 +263,19 @@ struct ReloadFigures {
     mean_ms: f64,
 }
 
-fn config_text(max_concurrent: usize) -> String {
-    format!(
-        r#"[agent.subagents]
-max_concurrent = {max_concurrent}
-queue_wait_ms = 600000
-
-[providers.offline]
-kind = "scripted"
-
-[agents.orchestrator]
-provider = "offline"
-subagents = ["worker"]
-
-[agents.worker]
-provider = "offline"
-"#
-    )
-}
-
 /// Runs the reload scenario `iterations` times and prints the figures.
 ///
 /// # Errors
 /// The temporary config cannot be written, or a raise is never applied
 /// (after 10 s).
 async fn reload(iterations: usize, json: bool) -> anyhow::Result<()> {
-    let dir = bench_load::temp_dir()?;
-    let path = dir.join("deputy.toml");
-    std::fs::write(&path, config_text(1)).context("cannot write the benchmark config")?;
+    // The load scenarios' stack (hooks included), with one slot.
+    let bench = bench_load::Bench::new(1, 0, iterations + 1)?;
+    let path = bench.config_path();
+    let text = std::fs::read_to_string(&path).context("cannot read the benchmark config")?;
     let config = config::load(&path)?;
-    let stack = wiring::build(&config, "orchestrator")?;
-    let _reloader = Reloader::start(config, Live::of(&stack));
+    let stack = &bench.stack;
+    let _reloader = Reloader::start(config, Live::of(stack));
     let registry = stack.runtime.registry().clone();
     let (release, released) = tokio::sync::watch::channel(false);
     let hold = |n: usize| {
@@ -317,7 +298,12 @@ async fn reload(iterations: usize, json: bool) -> anyhow::Result<()> {
         // reload, as a person editing the file makes them.
         tokio::time::sleep(DEBOUNCE * 2).await;
         let written = Instant::now();
-        std::fs::write(&path, config_text(n + 1)).context("cannot write the benchmark config")?;
+        let raised = text.replacen(
+            "max_concurrent = 1\n",
+            &format!("max_concurrent = {}\n", n + 1),
+            1,
+        );
+        std::fs::write(&path, raised).context("cannot write the benchmark config")?;
         let started = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 match events.recv().await {
@@ -335,7 +321,6 @@ async fn reload(iterations: usize, json: bool) -> anyhow::Result<()> {
     }
     release.send(true).ok();
     stack.runtime.shutdown(Duration::from_secs(5)).await;
-    let _ = std::fs::remove_dir_all(&dir);
 
     samples.sort();
     let ms = |duration: Duration| duration.as_secs_f64() * 1000.0;

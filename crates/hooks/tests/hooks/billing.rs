@@ -28,6 +28,26 @@ fn billed(
     (billing, registry, stops)
 }
 
+/// Runs one task of `agent` on house-model that spends `input_tokens`,
+/// and waits until its stop hooks have run.
+async fn spend(
+    registry: &deputy_registry::Registry,
+    stops: &mut crate::support::Stops,
+    agent: &str,
+    input_tokens: u64,
+) -> deputy_registry::TaskSnapshot {
+    let task = run(
+        registry,
+        agent,
+        "openai",
+        "house-model",
+        Work::Complete(usage(input_tokens, 0)),
+    )
+    .await;
+    stops.next().await;
+    task
+}
+
 fn house_prices() -> PriceTable {
     PriceTable::builtin().with_price(
         "house-model",
@@ -112,15 +132,7 @@ async fn a_spent_budget_denies_the_next_start_with_the_amounts() {
     assert_eq!(first.status, TaskStatus::Completed);
     stops.next().await;
 
-    let second = run(
-        &registry,
-        "researcher",
-        "openai",
-        "house-model",
-        Work::Complete(usage(1, 0)),
-    )
-    .await;
-    stops.next().await;
+    let second = spend(&registry, &mut stops, "researcher", 1).await;
     assert_eq!(second.status, TaskStatus::Failed);
     let failure = second.failure.unwrap();
     assert_eq!(failure.kind, FailureKind::DeniedByHook);
@@ -143,33 +155,9 @@ async fn an_agent_budget_stops_only_that_agent() {
             .agent_budget("researcher", 1.0),
     );
 
-    run(
-        &registry,
-        "researcher",
-        "openai",
-        "house-model",
-        Work::Complete(usage(1_000_000, 0)),
-    )
-    .await;
-    stops.next().await;
-    let researcher = run(
-        &registry,
-        "researcher",
-        "openai",
-        "house-model",
-        Work::Complete(usage(1, 0)),
-    )
-    .await;
-    stops.next().await;
-    let writer = run(
-        &registry,
-        "writer",
-        "openai",
-        "house-model",
-        Work::Complete(usage(1, 0)),
-    )
-    .await;
-    stops.next().await;
+    spend(&registry, &mut stops, "researcher", 1_000_000).await;
+    let researcher = spend(&registry, &mut stops, "researcher", 1).await;
+    let writer = spend(&registry, &mut stops, "writer", 1).await;
 
     assert_eq!(researcher.status, TaskStatus::Failed);
     assert!(
@@ -188,15 +176,7 @@ async fn running_tasks_count_against_the_budget() {
         billed(Billing::builder().prices(house_prices()).budget(5.0));
     billing.attach(&registry);
 
-    run(
-        &registry,
-        "researcher",
-        "openai",
-        "house-model",
-        Work::Complete(usage(2_000_000, 0)),
-    )
-    .await;
-    stops.next().await;
+    spend(&registry, &mut stops, "researcher", 2_000_000).await;
 
     // A long task that has already spent $3.
     let (release, released) = tokio::sync::oneshot::channel::<()>();
@@ -215,15 +195,7 @@ async fn running_tasks_count_against_the_budget() {
         .unwrap();
     has_recorded.await.unwrap();
 
-    let denied = run(
-        &registry,
-        "writer",
-        "openai",
-        "house-model",
-        Work::Complete(usage(1, 0)),
-    )
-    .await;
-    stops.next().await;
+    let denied = spend(&registry, &mut stops, "writer", 1).await;
     assert_eq!(denied.status, TaskStatus::Failed);
     let message = denied.failure.unwrap().message;
     assert!(
