@@ -343,12 +343,7 @@ impl AgentRun {
         let spec = spec_for(&agent, task.clone())
             .parent(self.task.id())
             .background(background);
-        // A sub-agent's own children have nobody to go to once it has
-        // answered, so it never detaches them.
-        let on_finish = match self.runtime.limits.on_finish {
-            OnFinish::Cancel => OnFinish::Cancel,
-            OnFinish::Wait | OnFinish::Detach => OnFinish::Wait,
-        };
+        let on_finish = self.runtime.limits.on_finish.for_sub_agents();
         let runtime = self.runtime.clone();
         let run = self.run.clone();
         let spawned = self.task.registry().spawn(spec, move |context| {

@@ -53,6 +53,17 @@ pub struct TaskOptions {
     pub max_turns: Option<u32>,
 }
 
+impl OnFinish {
+    /// What a sub-agent does with its own pending children when it answers:
+    /// nobody collects them after that, so it never detaches them.
+    pub(crate) fn for_sub_agents(self) -> Self {
+        match self {
+            Self::Cancel => Self::Cancel,
+            Self::Wait | Self::Detach => Self::Wait,
+        }
+    }
+}
+
 /// The limits a runtime applies to delegation and to what models read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Limits {
@@ -102,6 +113,14 @@ impl RuntimeInner {
                 .filter_map(|name| agents.iter().find(|other| other.name == *name).cloned())
                 .collect(),
         }
+    }
+
+    /// The agent called `name`, or the error a caller gets for it.
+    pub(crate) fn known_agent(&self, name: &str) -> Result<Arc<Agent>, RunError> {
+        self.agent(name).ok_or_else(|| RunError::UnknownAgent {
+            name: name.to_owned(),
+            available: self.agent_names(),
+        })
     }
 
     pub(crate) fn agent_names(&self) -> String {
@@ -234,13 +253,7 @@ impl Runtime {
     /// # Panics
     /// Outside a Tokio runtime.
     pub fn start(&self, agent: &str, prompt: impl Into<String>) -> Result<RunHandle, RunError> {
-        let agent = self
-            .inner
-            .agent(agent)
-            .ok_or_else(|| RunError::UnknownAgent {
-                name: agent.to_owned(),
-                available: self.inner.agent_names(),
-            })?;
+        let agent = self.inner.known_agent(agent)?;
         let prompt = prompt.into();
         if prompt.trim().is_empty() {
             return Err(RunError::EmptyPrompt);
@@ -267,13 +280,7 @@ impl Runtime {
         task: &str,
         options: TaskOptions,
     ) -> Result<Spawned, RunError> {
-        let agent = self
-            .inner
-            .agent(agent)
-            .ok_or_else(|| RunError::UnknownAgent {
-                name: agent.to_owned(),
-                available: self.inner.agent_names(),
-            })?;
+        let agent = self.inner.known_agent(agent)?;
         if task.trim().is_empty() {
             return Err(RunError::EmptyPrompt);
         }
@@ -283,11 +290,7 @@ impl Runtime {
         };
         let spec = spec_for(&agent, text.clone()).background(true);
         let max_turns = options.max_turns.unwrap_or(agent.max_turns);
-        // Nobody collects this task's own children once it has answered.
-        let on_finish = match self.inner.limits.on_finish {
-            OnFinish::Cancel => OnFinish::Cancel,
-            OnFinish::Wait | OnFinish::Detach => OnFinish::Wait,
-        };
+        let on_finish = self.inner.limits.on_finish.for_sub_agents();
         let runtime = self.inner.clone();
         let spawned = self.inner.registry.spawn(spec, move |context| {
             AgentRun::new(
