@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deputy_providers::Provider;
-use deputy_registry::AgentCandidate;
+use deputy_registry::{AgentCandidate, TaskLabels};
 
 use crate::error::AgentError;
 use crate::task_tools::is_task_tool;
@@ -152,6 +152,16 @@ impl Agent {
     /// The tokens one of its tasks may spend before it must stop.
     pub fn token_budget(&self) -> Option<u64> {
         self.token_budget
+    }
+
+    /// The provider and model labels its tasks carry into events, hooks
+    /// and metrics (and that billing prices them by).
+    pub fn labels(&self) -> TaskLabels {
+        TaskLabels {
+            provider: Some(self.provider.name().into()),
+            provider_kind: Some(self.provider.kind().as_str().into()),
+            model: Some(self.model().into()),
+        }
     }
 
     /// How the selector sees it.

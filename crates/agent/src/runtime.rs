@@ -134,10 +134,7 @@ impl RuntimeInner {
 
 /// A task spec for `agent`, with its labels and time limit.
 pub(crate) fn spec_for(agent: &Agent, task: String) -> TaskSpec {
-    let mut spec = TaskSpec::new(agent.name.clone(), task)
-        .provider(agent.provider.name())
-        .provider_kind(agent.provider.kind().as_str())
-        .model(agent.model());
+    let mut spec = TaskSpec::new(agent.name.clone(), task).labels(agent.labels());
     if let Some(limit) = agent.time_limit {
         spec = spec.time_limit(limit);
     }

@@ -275,9 +275,7 @@ fn handoffs(events: &[(Instant, RegistryEvent)]) -> Vec<f64> {
 /// back on synthetic events, timed.
 async fn hook_overhead_us(stack: &Stack, rounds: usize) -> f64 {
     use deputy_hooks::{SubagentStartHook, SubagentStopHook};
-    use deputy_registry::{
-        HookTask, SubagentStartEvent, SubagentStopEvent, TaskLabels, TaskStatus, Usage,
-    };
+    use deputy_registry::{HookTask, SubagentStartEvent, SubagentStopEvent, TaskStatus, Usage};
     let mut starts: Vec<Arc<dyn SubagentStartHook>> = Vec::new();
     let mut stops: Vec<Arc<dyn SubagentStopHook>> = Vec::new();
     if let Some(metrics) = stack.hooks.metrics() {
@@ -296,11 +294,12 @@ async fn hook_overhead_us(stack: &Stack, rounds: usize) -> f64 {
         id: TaskId::new_random(),
         parent_id: None,
         agent: "worker".into(),
-        labels: TaskLabels {
-            provider: Some("offline".into()),
-            provider_kind: Some("scripted".into()),
-            model: Some("scripted".into()),
-        },
+        // The labels a worker's task carries.
+        labels: stack
+            .runtime
+            .agent("worker")
+            .map(|agent| agent.labels())
+            .unwrap_or_default(),
         text: "a task of the benchmark".into(),
         depth: 1,
         background: true,

@@ -86,7 +86,7 @@ struct Session {
     current_run: Arc<Mutex<Option<TaskId>>>,
     /// (prompt, answer) of the last exchanges.
     history: VecDeque<(String, String)>,
-    /// Every run so far, whose detached tasks may still finish.
+    /// Earlier runs whose detached tasks may still finish.
     runs: Vec<TaskId>,
 }
 
@@ -185,12 +185,22 @@ impl Session {
     }
 
     /// Results of earlier runs' detached tasks, each handed over once.
-    fn finished_background(&self) -> Vec<TaskSnapshot> {
-        let registry = self.stack.runtime.registry();
-        self.runs
+    /// Runs whose tasks have all ended and been read are forgotten, so a
+    /// long session does not look through every run it ever made.
+    fn finished_background(&mut self) -> Vec<TaskSnapshot> {
+        let registry = self.stack.runtime.registry().clone();
+        let finished: Vec<TaskSnapshot> = self
+            .runs
             .iter()
             .flat_map(|run| registry.take_finished(Some(*run)))
-            .collect()
+            .collect();
+        self.runs.retain(|run| {
+            registry
+                .list(&TaskFilter::all().parent(*run))
+                .iter()
+                .any(|task| !task.status.is_terminal())
+        });
+        finished
     }
 
     fn tasks(&self) {

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use deputy_agent::{Agent, Runtime};
 use deputy_hooks::{HookSet, PriceTable};
 use deputy_providers::Provider;
-use deputy_registry::{SettingsHandle, TaskLabels, Usage};
+use deputy_registry::{SettingsHandle, Usage};
 
 use crate::config::Config;
 
@@ -161,11 +161,6 @@ impl Stack {
     /// now; `None` when its model has no price.
     pub(crate) fn cost(&self, agent: &str, usage: &Usage) -> Option<f64> {
         let agent = self.runtime.agent(agent)?;
-        let labels = TaskLabels {
-            provider: Some(agent.provider().name().into()),
-            provider_kind: Some(agent.provider().kind().as_str().into()),
-            model: Some(agent.model().into()),
-        };
-        self.prices.cost(&labels, usage)
+        self.prices.cost(&agent.labels(), usage)
     }
 }

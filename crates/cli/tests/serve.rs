@@ -140,6 +140,52 @@ async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Starts `count` tasks through the API; returns their ids.
+async fn start_tasks(client: &reqwest::Client, server: &Server, count: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for n in 0..count {
+        let (status, created) = post(
+            client,
+            &server.url("/v1/tasks"),
+            json!({"task": format!("task {n}")}),
+        )
+        .await;
+        assert_eq!(status, 202, "{created}");
+        ids.push(created["task_id"].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
+/// Polls `/v1/settings` (for up to 10 s) until `done` holds; returns the
+/// last answer either way, for the caller's assertions.
+async fn settings_until(
+    client: &reqwest::Client,
+    server: &Server,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut settings = Value::Null;
+    for _ in 0..400 {
+        settings = get(client, &server.url("/v1/settings")).await.1;
+        if done(&settings) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    settings
+}
+
+/// Waits (up to 5 s) until the server's log holds `line`: it arrives
+/// through a pipe and a reader thread.
+async fn log_until(server: &Server, line: &str) {
+    for _ in 0..200 {
+        if server.log().contains(line) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no {line:?} in the log:\n{}", server.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_are_spawned_listed_waited_for_and_cancelled() {
     let server = Server::start(&config(200, "max_concurrent = 4", ""), &[]);
@@ -439,15 +485,7 @@ async fn editing_the_file_raises_the_cap_for_queued_tasks_and_a_bad_edit_is_repo
         &[],
     );
     let client = reqwest::Client::new();
-    for n in 0..3 {
-        let (status, _) = post(
-            &client,
-            &server.url("/v1/tasks"),
-            json!({"task": format!("task {n}")}),
-        )
-        .await;
-        assert_eq!(status, 202);
-    }
+    start_tasks(&client, &server, 3).await;
     let (_, settings) = get(&client, &server.url("/v1/settings")).await;
     assert_eq!(
         (settings["running"].as_u64(), settings["queued"].as_u64()),
@@ -459,14 +497,7 @@ async fn editing_the_file_raises_the_cap_for_queued_tasks_and_a_bad_edit_is_repo
         .unwrap()
         .replace("max_concurrent = 1", "max_concurrent = 3");
     std::fs::write(server.config_path(), text).unwrap();
-    let mut settings = Value::Null;
-    for _ in 0..200 {
-        settings = get(&client, &server.url("/v1/settings")).await.1;
-        if settings["running"] == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let settings = settings_until(&client, &server, |settings| settings["running"] == 3).await;
     assert_eq!(settings["running"], 3, "{settings}");
     assert_eq!(settings["subagents"]["max_concurrent"], 3);
     assert_eq!(settings["reload"]["ok"], true);
@@ -474,36 +505,21 @@ async fn editing_the_file_raises_the_cap_for_queued_tasks_and_a_bad_edit_is_repo
         settings["reload"]["reloads"].as_u64().unwrap() >= 1,
         "{settings}"
     );
-    // The log line goes through a pipe and a reader thread: give it time.
-    for _ in 0..200 {
-        if server
-            .log()
-            .contains("config reloaded: [agent.subagents] max_concurrent 1 -> 3")
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(
-        server
-            .log()
-            .contains("config reloaded: [agent.subagents] max_concurrent 1 -> 3"),
-        "{}",
-        server.log()
-    );
+    log_until(
+        &server,
+        "config reloaded: [agent.subagents] max_concurrent 1 -> 3",
+    )
+    .await;
 
     std::fs::write(
         server.config_path(),
         "[agent.subagents]\nmax_concurrent = -1\n",
     )
     .unwrap();
-    for _ in 0..200 {
-        settings = get(&client, &server.url("/v1/settings")).await.1;
-        if settings["reload"]["ok"] == false {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let settings = settings_until(&client, &server, |settings| {
+        settings["reload"]["ok"] == false
+    })
+    .await;
     assert_eq!(settings["reload"]["ok"], false, "{settings}");
     assert!(
         settings["reload"]["error"]
@@ -525,21 +541,13 @@ async fn sighup_forces_a_reload() {
         .status()
         .unwrap();
     assert!(status.success());
-    let mut settings = Value::Null;
-    for _ in 0..400 {
-        settings = get(&client, &server.url("/v1/settings")).await.1;
-        if settings["reload"]["reloads"] == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let settings = settings_until(&client, &server, |settings| {
+        settings["reload"]["reloads"] == 1
+    })
+    .await;
     assert_eq!(settings["reload"]["reloads"], 1, "{settings}");
     assert_eq!(settings["reload"]["ok"], true);
-    assert!(
-        server.log().contains("SIGHUP: reloading the config"),
-        "{}",
-        server.log()
-    );
+    log_until(&server, "SIGHUP: reloading the config").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -553,15 +561,7 @@ async fn sigterm_drains_and_every_start_has_its_stop_in_the_audit_log() {
         &[],
     );
     let client = reqwest::Client::new();
-    for n in 0..4 {
-        let (status, _) = post(
-            &client,
-            &server.url("/v1/tasks"),
-            json!({"task": format!("task {n}")}),
-        )
-        .await;
-        assert_eq!(status, 202);
-    }
+    start_tasks(&client, &server, 4).await;
     assert_eq!(server.terminate(), Some(0), "{}", server.log());
     assert!(
         server
@@ -584,17 +584,7 @@ async fn sigterm_past_the_drain_limit_cancels_and_still_fires_every_stop() {
         &[],
     );
     let client = reqwest::Client::new();
-    let mut ids = Vec::new();
-    for n in 0..2 {
-        let (status, created) = post(
-            &client,
-            &server.url("/v1/tasks"),
-            json!({"task": format!("task {n}")}),
-        )
-        .await;
-        assert_eq!(status, 202);
-        ids.push(created["task_id"].as_str().unwrap().to_owned());
-    }
+    let ids = start_tasks(&client, &server, 2).await;
     // An open event stream and a long wait must not hold the shutdown.
     let events = client.get(server.url("/v1/events")).send().await.unwrap();
     assert_eq!(events.status().as_u16(), 200);
@@ -648,18 +638,17 @@ fn assert_audit_pairs(path: &Path, tasks: usize) -> Vec<String> {
 
 /// Polls `/v1/settings` until `max_concurrent` is `cap`.
 async fn wait_for_cap(client: &reqwest::Client, server: &Server, cap: u64) -> Value {
-    let mut settings = Value::Null;
-    for _ in 0..400 {
-        settings = get(client, &server.url("/v1/settings")).await.1;
-        if settings["subagents"]["max_concurrent"] == cap {
-            return settings;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!(
-        "max_concurrent never became {cap}: {settings}\n{}",
+    let settings = settings_until(client, server, |settings| {
+        settings["subagents"]["max_concurrent"] == cap
+    })
+    .await;
+    assert_eq!(
+        settings["subagents"]["max_concurrent"],
+        cap,
+        "{settings}\n{}",
         server.log()
     );
+    settings
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

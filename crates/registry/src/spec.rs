@@ -86,6 +86,12 @@ impl TaskSpec {
         self
     }
 
+    /// Sets every label at once.
+    pub fn labels(mut self, labels: TaskLabels) -> Self {
+        self.labels = labels;
+        self
+    }
+
     /// Sets the provider kind label.
     pub fn provider_kind(mut self, kind: impl Into<Arc<str>>) -> Self {
         self.labels.provider_kind = Some(kind.into());
