@@ -1,11 +1,12 @@
 //! Per-agent load: in-flight count, recent selections and failures, latency.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 use tokio::time::Instant;
 
 /// A source of "now" for the load tracker, so window tests need no sleeping.
@@ -133,7 +134,7 @@ struct AgentLoad {
 #[derive(Debug)]
 pub struct LoadTracker {
     clock: Arc<dyn Clock>,
-    agents: HashMap<Arc<str>, AgentLoad>,
+    agents: FxHashMap<Arc<str>, AgentLoad>,
 }
 
 impl Default for LoadTracker {
@@ -147,43 +148,52 @@ impl LoadTracker {
     pub fn new(clock: Arc<dyn Clock>) -> Self {
         Self {
             clock,
-            agents: HashMap::new(),
+            agents: FxHashMap::default(),
         }
     }
 
-    fn agent(&mut self, agent: &Arc<str>) -> &mut AgentLoad {
-        self.agents.entry(agent.clone()).or_default()
+    /// Runs `change` on `agent`'s load, made on first use. Looked up before
+    /// the entry API, which would clone the name (an atomic write to a count
+    /// that every task of the agent shares) even when the agent is there.
+    fn update(&mut self, agent: &Arc<str>, change: impl FnOnce(&mut AgentLoad)) {
+        match self.agents.get_mut(&**agent) {
+            Some(load) => change(load),
+            None => change(self.agents.entry(agent.clone()).or_default()),
+        }
     }
 
     /// The selector picked `agent`.
     pub fn record_selection(&mut self, agent: &Arc<str>, window: Duration) {
         let now = self.clock.now();
-        self.agent(agent).selections.record(now, window);
+        self.update(agent, |load| load.selections.record(now, window));
     }
 
     /// A task of `agent` started running.
     pub fn record_started(&mut self, agent: &Arc<str>) {
-        let load = self.agent(agent);
-        load.in_flight = load.in_flight.saturating_add(1);
+        self.update(agent, |load| {
+            load.in_flight = load.in_flight.saturating_add(1)
+        });
     }
 
     /// A running task of `agent` ended.
     pub fn record_finished(&mut self, agent: &Arc<str>, outcome: RunOutcome, window: Duration) {
         let now = self.clock.now();
-        let load = self.agent(agent);
-        load.in_flight = load.in_flight.saturating_sub(1);
-        match outcome {
-            RunOutcome::Succeeded(took) => {
-                load.latency_ewma = Some(match load.latency_ewma {
-                    None => took,
-                    Some(mean) => {
-                        mean.mul_f64(1.0 - LATENCY_EWMA_WEIGHT) + took.mul_f64(LATENCY_EWMA_WEIGHT)
-                    }
-                });
+        self.update(agent, |load| {
+            load.in_flight = load.in_flight.saturating_sub(1);
+            match outcome {
+                RunOutcome::Succeeded(took) => {
+                    load.latency_ewma = Some(match load.latency_ewma {
+                        None => took,
+                        Some(mean) => {
+                            mean.mul_f64(1.0 - LATENCY_EWMA_WEIGHT)
+                                + took.mul_f64(LATENCY_EWMA_WEIGHT)
+                        }
+                    });
+                }
+                RunOutcome::Failed => load.failures.record(now, window),
+                RunOutcome::Neutral => {}
             }
-            RunOutcome::Failed => load.failures.record(now, window),
-            RunOutcome::Neutral => {}
-        }
+        });
     }
 
     /// Drops agents with nothing running and nothing recent, so names that

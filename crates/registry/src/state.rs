@@ -96,6 +96,29 @@ struct Inbox {
     undelivered: usize,
 }
 
+/// The parts of a new task that need no lock, made before the spawn takes
+/// it so the locked section stays short.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) id: TaskId,
+    created: Instant,
+    created_at: SystemTime,
+    /// A parentless task's own cancel scope; a child's token is made from
+    /// its parent's under the lock.
+    token: Option<CancellationToken>,
+}
+
+impl Prepared {
+    pub(crate) fn new(spec: &TaskSpec) -> Self {
+        Self {
+            id: TaskId::new_random(),
+            created: Instant::now(),
+            created_at: SystemTime::now(),
+            token: spec.parent.is_none().then(CancellationToken::new),
+        }
+    }
+}
+
 /// A task just created by [`State::spawn`].
 #[derive(Debug)]
 pub(crate) struct NewTask {
@@ -140,7 +163,7 @@ pub(crate) enum QueueExit {
 /// How a task's work ended.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    Completed(String),
+    Completed(Arc<str>),
     Failed(TaskFailure),
     Cancelled,
 }
@@ -213,9 +236,14 @@ impl State {
         }
     }
 
-    fn emit(&self, event: RegistryEvent) {
-        // No subscribers is fine: events are for whoever listens.
-        let _ = self.events.send(event);
+    /// Sends the event made by `event` to the subscribers, if there are
+    /// any: with none, the event is not even made (its `Arc` clones are
+    /// atomic writes to cache lines that every thread shares).
+    fn emit(&self, event: impl FnOnce() -> RegistryEvent) {
+        if self.events.receiver_count() > 0 {
+            // A subscriber may have gone since; that is fine.
+            let _ = self.events.send(event());
+        }
     }
 
     pub(crate) fn settings(&self) -> &Arc<SubagentSettings> {
@@ -240,7 +268,7 @@ impl State {
             "sub-agent settings applied"
         );
         self.settings = new.clone();
-        self.emit(RegistryEvent::SettingsApplied { settings: new });
+        self.emit(|| RegistryEvent::SettingsApplied { settings: new });
         self.admit_waiters();
     }
 
@@ -277,10 +305,10 @@ impl State {
         &mut self,
         spec: TaskSpec,
         root: bool,
-        id: TaskId,
+        prepared: Prepared,
     ) -> Result<NewTask, SpawnError> {
         self.refresh_settings();
-        let result = self.try_spawn(spec, root, id);
+        let result = self.try_spawn(spec, root, prepared);
         match &result {
             Ok(_) => self.counters.spawned += 1,
             Err(_) => self.counters.refused += 1,
@@ -288,7 +316,18 @@ impl State {
         result
     }
 
-    fn try_spawn(&mut self, spec: TaskSpec, root: bool, id: TaskId) -> Result<NewTask, SpawnError> {
+    fn try_spawn(
+        &mut self,
+        spec: TaskSpec,
+        root: bool,
+        prepared: Prepared,
+    ) -> Result<NewTask, SpawnError> {
+        let Prepared {
+            id,
+            created: now,
+            created_at,
+            token,
+        } = prepared;
         if self.shutting_down {
             return Err(SpawnError::ShuttingDown);
         }
@@ -306,7 +345,7 @@ impl State {
         let (depth, token, lender) = match spec.parent {
             // A parentless task is its own cancel scope; shutdown cancels
             // every task by id.
-            None => (u32::from(!root), CancellationToken::new(), None),
+            None => (u32::from(!root), token.unwrap_or_default(), None),
             Some(parent_id) => {
                 let parent = self
                     .tasks
@@ -332,8 +371,8 @@ impl State {
         };
 
         let agent = spec.agent.clone();
-        let settings = self.settings.clone();
-        let now = Instant::now();
+        let max_concurrent = self.settings.max_concurrent();
+        let queue_wait = self.settings.queue_wait();
         let cell = Arc::new(TaskCell {
             id,
             agent: agent.clone(),
@@ -344,7 +383,7 @@ impl State {
             root,
             depth,
             created: now,
-            created_at: SystemTime::now(),
+            created_at,
             token,
             usage: Mutex::new(Usage::default()),
             done: Notify::new(),
@@ -354,7 +393,7 @@ impl State {
             Some(Slot::None)
         } else if let Some((parent_id, true)) = lender {
             Some(Slot::Borrowed(parent_id))
-        } else if self.slots_in_use < settings.max_concurrent()
+        } else if self.slots_in_use < max_concurrent
             && Self::agent_has_room(&self.agent_running, &self.agent_caps, &agent)
         {
             Some(Slot::Own)
@@ -363,23 +402,21 @@ impl State {
         };
 
         if slot.is_none() {
-            if settings.queue_wait().is_zero() {
+            if queue_wait.is_zero() {
                 return Err(if let Some((parent, false)) = lender {
                     SpawnError::LentSlotBusy { parent }
-                } else if self.slots_in_use < settings.max_concurrent() {
+                } else if self.slots_in_use < max_concurrent {
                     SpawnError::AgentAtCapacity {
                         agent: agent.to_string(),
                         max_concurrent: self.agent_caps.get(&agent).copied().unwrap_or(0),
                     }
                 } else {
-                    SpawnError::AtCapacity {
-                        max_concurrent: settings.max_concurrent(),
-                    }
+                    SpawnError::AtCapacity { max_concurrent }
                 });
             }
-            if self.n_queued >= settings.max_queue() {
+            if self.n_queued >= self.settings.max_queue() {
                 return Err(SpawnError::QueueFull {
-                    max_queue: settings.max_queue(),
+                    max_queue: self.settings.max_queue(),
                 });
             }
         }
@@ -418,12 +455,12 @@ impl State {
                 self.tasks.insert(id, entry);
                 if !root {
                     self.note_started(&agent);
-                    self.emit(RegistryEvent::Started {
+                    self.emit(|| RegistryEvent::Started {
                         task_id: id,
                         agent,
                         parent_id: cell.parent,
                         running: self.slots_in_use,
-                        max_concurrent: settings.max_concurrent(),
+                        max_concurrent,
                         borrowed: matches!(slot, Slot::Borrowed(_)),
                         queued_for: Duration::ZERO,
                     });
@@ -456,7 +493,7 @@ impl State {
                         parent.borrowers = borrowers;
                     }
                 }
-                self.emit(RegistryEvent::Queued {
+                self.emit(|| RegistryEvent::Queued {
                     task_id: id,
                     agent,
                     parent_id: cell.parent,
@@ -464,7 +501,7 @@ impl State {
                 });
                 Admission::Queued {
                     admitted,
-                    deadline: now + settings.queue_wait(),
+                    deadline: now + queue_wait,
                 }
             }
         };
@@ -473,7 +510,14 @@ impl State {
 
     fn note_started(&mut self, agent: &Arc<str>) {
         self.n_running_tasks += 1;
-        *self.agent_running.entry(agent.clone()).or_default() += 1;
+        // Looked up first: cloning the name is an atomic write to a count
+        // that every task of the agent shares.
+        match self.agent_running.get_mut(&**agent) {
+            Some(count) => *count += 1,
+            None => {
+                self.agent_running.insert(agent.clone(), 1);
+            }
+        }
         self.load.record_started(agent);
     }
 
@@ -499,7 +543,7 @@ impl State {
     /// Hands free slots to the oldest eligible waiters until slots or
     /// eligible waiters run out.
     fn admit_waiters(&mut self) {
-        while self.slots_in_use < self.settings.max_concurrent() {
+        while self.n_queued > 0 && self.slots_in_use < self.settings.max_concurrent() {
             let Some(id) = self.pop_oldest_eligible() else {
                 break;
             };
@@ -558,7 +602,7 @@ impl State {
         let agent = entry.cell.agent.clone();
         let parent_id = entry.cell.parent;
         self.note_started(&agent);
-        self.emit(RegistryEvent::Started {
+        self.emit(|| RegistryEvent::Started {
             task_id: id,
             agent,
             parent_id,
@@ -659,7 +703,7 @@ impl State {
             match outcome {
                 Outcome::Completed(text) => {
                     entry.status = TaskStatus::Completed;
-                    entry.output = Some(Arc::from(text));
+                    entry.output = Some(text);
                 }
                 Outcome::Failed(failure) => {
                     entry.status = TaskStatus::Failed;
@@ -784,7 +828,7 @@ impl State {
             }
         }
         if !cell.root {
-            self.emit(RegistryEvent::Finished {
+            self.emit(|| RegistryEvent::Finished {
                 task_id: id,
                 agent: cell.agent.clone(),
                 parent_id: cell.parent,
@@ -1044,7 +1088,7 @@ impl State {
 
     pub(crate) fn emit_hook_failure(&mut self, event: RegistryEvent) {
         self.counters.hook_failures += 1;
-        self.emit(event);
+        self.emit(|| event);
     }
 
     /// Every task id still queued or running, for shutdown.

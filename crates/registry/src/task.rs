@@ -128,9 +128,9 @@ impl Drop for SettleGuard {
 impl SettleGuard {
     /// Made synchronously by the spawn, before the task's future exists, so
     /// even a future dropped unpolled (its runtime shutting down) settles.
-    pub(crate) fn new(registry: &Registry, id: TaskId) -> Self {
+    pub(crate) fn new(registry: Registry, id: TaskId) -> Self {
         Self {
-            registry: registry.clone(),
+            registry,
             id,
             start_began: false,
             armed: true,
@@ -140,7 +140,6 @@ impl SettleGuard {
 
 /// A queued task: waits for its slot, its deadline or a cancel, then runs.
 pub(crate) async fn run_queued<F, Fut>(
-    registry: Registry,
     cell: Arc<TaskCell>,
     admitted: oneshot::Receiver<()>,
     deadline: Instant,
@@ -152,6 +151,9 @@ pub(crate) async fn run_queued<F, Fut>(
     Fut: Future<Output = Result<String, TaskFailure>> + Send + 'static,
 {
     let id = cell.id;
+    // The guard's registry is the one the task uses, so the task holds
+    // one reference instead of two.
+    let registry = &guard.registry;
     let exit = tokio::select! {
         biased;
         handed_over = admitted => match handed_over {
@@ -168,13 +170,12 @@ pub(crate) async fn run_queued<F, Fut>(
     }
     // The rest lives in its own allocation, made only once a slot is held,
     // so a queued task costs little more than its waiting state.
-    Box::pin(run_admitted(registry, cell, time_limit, work, guard)).await;
+    Box::pin(run_admitted(cell, time_limit, work, guard)).await;
 }
 
 /// A task that holds its slot (or needs none): start hooks, work, settle,
 /// stop hooks.
 pub(crate) async fn run_admitted<F, Fut>(
-    registry: Registry,
     cell: Arc<TaskCell>,
     time_limit: Option<Duration>,
     work: F,
@@ -184,6 +185,7 @@ pub(crate) async fn run_admitted<F, Fut>(
     Fut: Future<Output = Result<String, TaskFailure>> + Send + 'static,
 {
     let id = cell.id;
+    let registry = &guard.registry;
     if cell.token.is_cancelled() {
         registry.finish(id, Outcome::Cancelled, false);
         guard.armed = false;
@@ -192,39 +194,19 @@ pub(crate) async fn run_admitted<F, Fut>(
 
     // Root runs are not sub-agents: no hooks.
     guard.start_began = !cell.root;
-    let mut additional_context = None;
-    let mut denial = None;
-    let mut cancelled_early = false;
-    if guard.start_began
-        && registry.hooks().has_start_hooks()
-        && let Some(event) = registry.start_event(id)
-    {
-        let report = |failure| registry.report_hook_failure(id, failure);
-        // A cancel during the start hooks ends the task at once; it still
-        // gets its SubagentStop, since its start phase began.
-        let verdict = tokio::select! {
-            biased;
-            () = cell.token.cancelled() => None,
-            verdict = registry.hooks().run_start(&event, &report) => Some(verdict),
-        };
-        match verdict {
-            None => cancelled_early = true,
-            Some(StartVerdict::Allowed { context }) => {
-                additional_context = context.map(Arc::from);
-            }
-            Some(StartVerdict::Denied { hook, reason }) => {
-                denial = Some(TaskFailure::new(
-                    FailureKind::DeniedByHook,
-                    format!("denied by hook {hook}: {reason}"),
-                ));
-            }
-        }
-    }
+    // The hook phases are boxed and entered only when there are hooks:
+    // inline, their futures made every task's future, and the allocation
+    // each spawn makes for it, more than twice as large.
+    let start = if guard.start_began && registry.hooks().has_start_hooks() {
+        Box::pin(start_phase(registry, &cell)).await
+    } else {
+        StartPhase::Allowed(None)
+    };
 
-    let outcome = match denial {
-        Some(failure) => Outcome::Failed(failure),
-        None if cancelled_early => Outcome::Cancelled,
-        None => {
+    let outcome = match start {
+        StartPhase::Denied(failure) => Outcome::Failed(failure),
+        StartPhase::Cancelled => Outcome::Cancelled,
+        StartPhase::Allowed(additional_context) => {
             let context = TaskContext {
                 cell: cell.clone(),
                 registry: registry.clone(),
@@ -242,7 +224,41 @@ pub(crate) async fn run_admitted<F, Fut>(
     let stop = registry.finish(id, outcome, wants_stop);
     guard.armed = false;
     if let Some(event) = stop {
-        registry.run_stop_hooks(&event).await;
+        // The event moves into the box, so it takes no room in this future.
+        let registry = registry.clone();
+        Box::pin(async move { registry.run_stop_hooks(&event).await }).await;
+    }
+}
+
+/// How the start phase ended.
+enum StartPhase {
+    /// Run, with the context the hooks added.
+    Allowed(Option<Arc<str>>),
+    /// A hook denied the task.
+    Denied(TaskFailure),
+    /// The task was cancelled while its start hooks ran.
+    Cancelled,
+}
+
+/// Runs the start hooks; a cancel meanwhile ends the phase at once (the
+/// task still gets its SubagentStop, since its start phase began).
+async fn start_phase(registry: &Registry, cell: &TaskCell) -> StartPhase {
+    let id = cell.id;
+    let Some(event) = registry.start_event(id) else {
+        return StartPhase::Allowed(None);
+    };
+    let report = |failure| registry.report_hook_failure(id, failure);
+    let verdict = tokio::select! {
+        biased;
+        () = cell.token.cancelled() => return StartPhase::Cancelled,
+        verdict = registry.hooks().run_start(&event, &report) => verdict,
+    };
+    match verdict {
+        StartVerdict::Allowed { context } => StartPhase::Allowed(context.map(Arc::from)),
+        StartVerdict::Denied { hook, reason } => StartPhase::Denied(TaskFailure::new(
+            FailureKind::DeniedByHook,
+            format!("denied by hook {hook}: {reason}"),
+        )),
     }
 }
 
@@ -259,7 +275,8 @@ where
     let guarded = AssertUnwindSafe(future).catch_unwind();
     let result = match time_limit {
         None => guarded.await,
-        Some(limit) => match tokio::time::timeout(limit, guarded).await {
+        // Boxed: a timer makes the future larger, and most tasks have none.
+        Some(limit) => match Box::pin(tokio::time::timeout(limit, guarded)).await {
             Ok(result) => result,
             Err(_elapsed) => {
                 return Outcome::Failed(TaskFailure::new(
@@ -270,7 +287,8 @@ where
         },
     };
     match result {
-        Ok(Ok(text)) => Outcome::Completed(text),
+        // Made into the shared form here, not under the registry's lock.
+        Ok(Ok(text)) => Outcome::Completed(Arc::from(text)),
         Ok(Err(failure)) => Outcome::Failed(failure),
         Err(panic) => Outcome::Failed(panicked(&*panic)),
     }
