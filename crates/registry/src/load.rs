@@ -152,48 +152,39 @@ impl LoadTracker {
         }
     }
 
-    /// Runs `change` on `agent`'s load, made on first use. Looked up before
-    /// the entry API, which would clone the name (an atomic write to a count
-    /// that every task of the agent shares) even when the agent is there.
-    fn update(&mut self, agent: &Arc<str>, change: impl FnOnce(&mut AgentLoad)) {
-        match self.agents.get_mut(&**agent) {
-            Some(load) => change(load),
-            None => change(self.agents.entry(agent.clone()).or_default()),
-        }
+    fn agent(&mut self, agent: &Arc<str>) -> &mut AgentLoad {
+        self.agents.entry(agent.clone()).or_default()
     }
 
     /// The selector picked `agent`.
     pub fn record_selection(&mut self, agent: &Arc<str>, window: Duration) {
         let now = self.clock.now();
-        self.update(agent, |load| load.selections.record(now, window));
+        self.agent(agent).selections.record(now, window);
     }
 
     /// A task of `agent` started running.
     pub fn record_started(&mut self, agent: &Arc<str>) {
-        self.update(agent, |load| {
-            load.in_flight = load.in_flight.saturating_add(1)
-        });
+        let load = self.agent(agent);
+        load.in_flight = load.in_flight.saturating_add(1);
     }
 
     /// A running task of `agent` ended.
     pub fn record_finished(&mut self, agent: &Arc<str>, outcome: RunOutcome, window: Duration) {
         let now = self.clock.now();
-        self.update(agent, |load| {
-            load.in_flight = load.in_flight.saturating_sub(1);
-            match outcome {
-                RunOutcome::Succeeded(took) => {
-                    load.latency_ewma = Some(match load.latency_ewma {
-                        None => took,
-                        Some(mean) => {
-                            mean.mul_f64(1.0 - LATENCY_EWMA_WEIGHT)
-                                + took.mul_f64(LATENCY_EWMA_WEIGHT)
-                        }
-                    });
-                }
-                RunOutcome::Failed => load.failures.record(now, window),
-                RunOutcome::Neutral => {}
+        let load = self.agent(agent);
+        load.in_flight = load.in_flight.saturating_sub(1);
+        match outcome {
+            RunOutcome::Succeeded(took) => {
+                load.latency_ewma = Some(match load.latency_ewma {
+                    None => took,
+                    Some(mean) => {
+                        mean.mul_f64(1.0 - LATENCY_EWMA_WEIGHT) + took.mul_f64(LATENCY_EWMA_WEIGHT)
+                    }
+                });
             }
-        });
+            RunOutcome::Failed => load.failures.record(now, window),
+            RunOutcome::Neutral => {}
+        }
     }
 
     /// Drops agents with nothing running and nothing recent, so names that

@@ -236,14 +236,9 @@ impl State {
         }
     }
 
-    /// Sends the event made by `event` to the subscribers, if there are
-    /// any: with none, the event is not even made (its `Arc` clones are
-    /// atomic writes to cache lines that every thread shares).
-    fn emit(&self, event: impl FnOnce() -> RegistryEvent) {
-        if self.events.receiver_count() > 0 {
-            // A subscriber may have gone since; that is fine.
-            let _ = self.events.send(event());
-        }
+    fn emit(&self, event: RegistryEvent) {
+        // No subscribers is fine: events are for whoever listens.
+        let _ = self.events.send(event);
     }
 
     pub(crate) fn settings(&self) -> &Arc<SubagentSettings> {
@@ -268,7 +263,7 @@ impl State {
             "sub-agent settings applied"
         );
         self.settings = new.clone();
-        self.emit(|| RegistryEvent::SettingsApplied { settings: new });
+        self.emit(RegistryEvent::SettingsApplied { settings: new });
         self.admit_waiters();
     }
 
@@ -455,7 +450,7 @@ impl State {
                 self.tasks.insert(id, entry);
                 if !root {
                     self.note_started(&agent);
-                    self.emit(|| RegistryEvent::Started {
+                    self.emit(RegistryEvent::Started {
                         task_id: id,
                         agent,
                         parent_id: cell.parent,
@@ -493,7 +488,7 @@ impl State {
                         parent.borrowers = borrowers;
                     }
                 }
-                self.emit(|| RegistryEvent::Queued {
+                self.emit(RegistryEvent::Queued {
                     task_id: id,
                     agent,
                     parent_id: cell.parent,
@@ -510,14 +505,7 @@ impl State {
 
     fn note_started(&mut self, agent: &Arc<str>) {
         self.n_running_tasks += 1;
-        // Looked up first: cloning the name is an atomic write to a count
-        // that every task of the agent shares.
-        match self.agent_running.get_mut(&**agent) {
-            Some(count) => *count += 1,
-            None => {
-                self.agent_running.insert(agent.clone(), 1);
-            }
-        }
+        *self.agent_running.entry(agent.clone()).or_default() += 1;
         self.load.record_started(agent);
     }
 
@@ -602,7 +590,7 @@ impl State {
         let agent = entry.cell.agent.clone();
         let parent_id = entry.cell.parent;
         self.note_started(&agent);
-        self.emit(|| RegistryEvent::Started {
+        self.emit(RegistryEvent::Started {
             task_id: id,
             agent,
             parent_id,
@@ -828,7 +816,7 @@ impl State {
             }
         }
         if !cell.root {
-            self.emit(|| RegistryEvent::Finished {
+            self.emit(RegistryEvent::Finished {
                 task_id: id,
                 agent: cell.agent.clone(),
                 parent_id: cell.parent,
@@ -1088,7 +1076,7 @@ impl State {
 
     pub(crate) fn emit_hook_failure(&mut self, event: RegistryEvent) {
         self.counters.hook_failures += 1;
-        self.emit(|| event);
+        self.emit(event);
     }
 
     /// Every task id still queued or running, for shutdown.
