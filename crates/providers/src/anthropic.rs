@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 
 use deputy_registry::Usage;
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::{Map, Value, json};
 
 use crate::error::{ErrorKind, ProviderError};
 use crate::framing::{Frame, Framing};
 use crate::http::{
-    Classified, PreparedRequest, WireFormat, body_or_status, insert_secret, kind_for_status,
+    Classified, PreparedRequest, WireFormat, body_or_status, key_headers, kind_for_status,
 };
 use crate::message::{ChatRequest, ChatResponse, FinishReason, Message, ToolArguments, ToolCall};
 use crate::provider::ProviderKind;
@@ -58,14 +58,7 @@ impl WireFormat for AnthropicWire {
         stream: bool,
         key: Option<&ApiKey>,
     ) -> Result<PreparedRequest, String> {
-        let mut headers = HeaderMap::new();
-        if let Some(key) = key {
-            insert_secret(
-                &mut headers,
-                HeaderName::from_static("x-api-key"),
-                key.expose(),
-            )?;
-        }
+        let mut headers = key_headers(key, HeaderName::from_static("x-api-key"), "")?;
         let version = HeaderValue::from_str(&self.version).map_err(|_| {
             format!(
                 "anthropic_version `{}` is not a valid header value",

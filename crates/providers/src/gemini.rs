@@ -6,13 +6,13 @@
 
 use deputy_registry::Usage;
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, HeaderName};
+use reqwest::header::HeaderName;
 use serde_json::{Map, Value, json};
 
 use crate::error::{ErrorKind, ProviderError};
 use crate::framing::{Frame, Framing};
 use crate::http::{
-    Classified, PreparedRequest, WireFormat, body_or_status, insert_secret, kind_for_status,
+    Classified, PreparedRequest, WireFormat, body_or_status, key_headers, kind_for_status,
     mentions_context_length,
 };
 use crate::message::{ChatRequest, ChatResponse, FinishReason, Message, ToolArguments, ToolCall};
@@ -45,14 +45,7 @@ impl WireFormat for GeminiWire {
         stream: bool,
         key: Option<&ApiKey>,
     ) -> Result<PreparedRequest, String> {
-        let mut headers = HeaderMap::new();
-        if let Some(key) = key {
-            insert_secret(
-                &mut headers,
-                HeaderName::from_static("x-goog-api-key"),
-                key.expose(),
-            )?;
-        }
+        let headers = key_headers(key, HeaderName::from_static("x-goog-api-key"), "")?;
         let mut body = Map::new();
         if let Some(system) = request.system_text() {
             body.insert(

@@ -125,18 +125,24 @@ pub(crate) fn insert_secret(
     Ok(())
 }
 
+/// Headers that carry `key`, if there is one, in header `name` after
+/// `prefix` (marked sensitive).
+pub(crate) fn key_headers(
+    key: Option<&ApiKey>,
+    name: HeaderName,
+    prefix: &str,
+) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::new();
+    if let Some(key) = key {
+        insert_secret(&mut headers, name, &format!("{prefix}{}", key.expose()))?;
+    }
+    Ok(headers)
+}
+
 /// Headers that carry `key`, if there is one, as `Authorization: Bearer`
 /// (marked sensitive).
 pub(crate) fn bearer_headers(key: Option<&ApiKey>) -> Result<HeaderMap, String> {
-    let mut headers = HeaderMap::new();
-    if let Some(key) = key {
-        insert_secret(
-            &mut headers,
-            reqwest::header::AUTHORIZATION,
-            &format!("Bearer {}", key.expose()),
-        )?;
-    }
-    Ok(headers)
+    key_headers(key, reqwest::header::AUTHORIZATION, "Bearer ")
 }
 
 /// The wire format of one backend.
