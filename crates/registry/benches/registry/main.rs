@@ -8,8 +8,15 @@
 //! * memory per queued task, from the growth of resident memory while
 //!   100,000 tasks wait.
 //!
+//! Throughput is also measured for the [floor](floor): the least any
+//! registry with the parts deputy's contract asks for can do per task.
+//!
 //! Run with `cargo bench -p deputy-registry --bench registry`. Figures are
 //! printed, not asserted; BENCHMARKS.md records them and the targets.
+//! `-- throughput` runs only the throughput part, `-- current-thread` runs
+//! on one thread, and `-- instructions` counts the instructions each
+//! workload spends per task under valgrind, which unlike a rate does not
+//! move with whatever else the machine is doing.
 
 #![allow(
     clippy::print_stdout,
@@ -18,12 +25,17 @@
     reason = "a benchmark harness prints its figures and may panic on setup errors"
 )]
 
+mod floor;
+
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deputy_registry::{RawSubagentSettings, Registry, SettingsHandle, SubagentSettings, TaskSpec};
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
+
+use crate::floor::Floor;
 
 const THROUGHPUT_TASKS: usize = 200_000;
 const HANDOFF_SAMPLES: usize = 20_000;
@@ -34,13 +46,23 @@ const ROUNDS: usize = 3;
 /// memory freed by earlier measurements cannot hide growth.
 const MEMORY_CHILD_FLAG: &str = "--memory-child";
 
+/// Instruction counts are taken in a child process of this same binary
+/// that runs one workload once, under valgrind.
+const COUNT_CHILD_FLAG: &str = "--count-child";
+const WORKLOADS: [&str; 3] = ["registry", "floor", "baseline"];
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     // `-- throughput` runs only the throughput part; `-- current-thread`
     // runs on one thread, which shows the CPU cost per task without lock
     // contention between threads.
     let only_throughput = args.iter().any(|arg| arg == "throughput");
-    let current_thread = args.iter().any(|arg| arg == "current-thread");
+    let current_thread = args.iter().any(|arg| arg == "current-thread")
+        || args.iter().any(|arg| arg == COUNT_CHILD_FLAG);
+    if args.iter().any(|arg| arg == "instructions") {
+        count_instructions();
+        return;
+    }
     let runtime = if current_thread {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -53,6 +75,17 @@ fn main() {
             .build()
             .unwrap()
     };
+    if let Some(position) = args.iter().position(|arg| arg == COUNT_CHILD_FLAG) {
+        let workload = args[position + 1].as_str();
+        let tasks: usize = args[position + 2].parse().unwrap();
+        match workload {
+            "registry" => runtime.block_on(registry_run(tasks, tasks)),
+            "floor" => runtime.block_on(floor_run(tasks)),
+            "baseline" => runtime.block_on(baseline_run(tasks, tasks)),
+            other => panic!("unknown workload `{other}`; expected one of {WORKLOADS:?}"),
+        };
+        return;
+    }
     if let Some(position) = args.iter().position(|arg| arg == MEMORY_CHILD_FLAG) {
         let bytes = match args.get(position + 1).map(String::as_str) {
             Some("registry") => runtime.block_on(registry_queued_memory()),
@@ -70,8 +103,8 @@ fn main() {
 
     println!("throughput: spawn -> run -> complete -> collect, {THROUGHPUT_TASKS} no-op tasks");
     for cap in [THROUGHPUT_TASKS, 64] {
-        let registry_rate = best_of(|| runtime.block_on(registry_throughput(cap)));
-        let baseline_rate = best_of(|| runtime.block_on(baseline_throughput(cap)));
+        let registry_rate = best_of(|| runtime.block_on(registry_run(THROUGHPUT_TASKS, cap)));
+        let baseline_rate = best_of(|| runtime.block_on(baseline_run(THROUGHPUT_TASKS, cap)));
         println!(
             "  cap {cap:>7}: registry {:>10.0} tasks/s   baseline {:>10.0} tasks/s   ratio {:.2}   overhead {:>5.2} us/task",
             registry_rate,
@@ -79,6 +112,17 @@ fn main() {
             registry_rate / baseline_rate,
             (1.0 / registry_rate - 1.0 / baseline_rate) * 1e6,
         );
+        if cap == THROUGHPUT_TASKS {
+            // The floor has no queue, so it runs only with room for all.
+            let floor_rate = best_of(|| runtime.block_on(floor_run(THROUGHPUT_TASKS)));
+            println!(
+                "  cap {cap:>7}: floor    {:>10.0} tasks/s   baseline {:>10.0} tasks/s   ratio {:.2}   overhead {:>5.2} us/task",
+                floor_rate,
+                baseline_rate,
+                floor_rate / baseline_rate,
+                (1.0 / floor_rate - 1.0 / baseline_rate) * 1e6,
+            );
+        }
     }
 
     if only_throughput {
@@ -116,30 +160,47 @@ fn registry_with(max_concurrent: usize) -> Registry {
     Registry::builder().settings(settings).build()
 }
 
-async fn registry_throughput(cap: usize) -> f64 {
+/// Spawns `tasks` no-op tasks, then collects each; returns tasks per second.
+async fn registry_run(tasks: usize, cap: usize) -> f64 {
     let registry = registry_with(cap);
     let spec = TaskSpec::new("bench", "no-op").background(true);
     let started = Instant::now();
-    let mut ids = Vec::with_capacity(THROUGHPUT_TASKS);
-    for _ in 0..THROUGHPUT_TASKS {
+    let mut ids = Vec::with_capacity(tasks);
+    for _ in 0..tasks {
         let spawned = registry
             .spawn(spec.clone(), |_| async { Ok(String::new()) })
             .unwrap();
         ids.push(spawned.id);
     }
     for id in ids {
-        registry.wait(id, None).await.unwrap();
+        std::hint::black_box(registry.wait(id, None).await.unwrap());
     }
-    let rate = THROUGHPUT_TASKS as f64 / started.elapsed().as_secs_f64();
+    let rate = tasks as f64 / started.elapsed().as_secs_f64();
     registry.shutdown(Duration::from_secs(10)).await;
     rate
 }
 
-async fn baseline_throughput(cap: usize) -> f64 {
+async fn floor_run(tasks: usize) -> f64 {
+    let floor = Floor::new(tasks);
+    let spec = TaskSpec::new("bench", "no-op").background(true);
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(tasks);
+    for _ in 0..tasks {
+        ids.push(floor.spawn(&spec, || async { String::new() }).unwrap());
+    }
+    for id in ids {
+        std::hint::black_box(floor.wait(id).await.unwrap());
+    }
+    let rate = tasks as f64 / started.elapsed().as_secs_f64();
+    floor.shutdown().await;
+    rate
+}
+
+async fn baseline_run(tasks: usize, cap: usize) -> f64 {
     let semaphore = Arc::new(Semaphore::new(cap));
     let started = Instant::now();
-    let mut handles = Vec::with_capacity(THROUGHPUT_TASKS);
-    for _ in 0..THROUGHPUT_TASKS {
+    let mut handles = Vec::with_capacity(tasks);
+    for _ in 0..tasks {
         let semaphore = semaphore.clone();
         handles.push(tokio::spawn(async move {
             let _permit = semaphore.acquire_owned().await.unwrap();
@@ -147,9 +208,59 @@ async fn baseline_throughput(cap: usize) -> f64 {
         }));
     }
     for handle in handles {
-        handle.await.unwrap();
+        std::hint::black_box(handle.await.unwrap());
     }
-    THROUGHPUT_TASKS as f64 / started.elapsed().as_secs_f64()
+    tasks as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Instructions per task for each workload on one thread, from the
+/// difference between runs of two sizes, so start-up and tear-down cancel
+/// out.
+fn count_instructions() {
+    const SMALL: usize = 10_000;
+    const LARGE: usize = 20_000;
+    let valgrind_found = Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !valgrind_found {
+        println!("instruction counts need valgrind on PATH (Debian: apt-get install valgrind)");
+        return;
+    }
+    println!("instructions per task (callgrind, one thread, runs of {SMALL} and {LARGE} tasks)");
+    let mut counts = Vec::new();
+    for workload in WORKLOADS {
+        let small = instructions_of(workload, SMALL);
+        let large = instructions_of(workload, LARGE);
+        let per_task = (large as f64 - small as f64) / (LARGE - SMALL) as f64;
+        counts.push(per_task);
+        println!("  {workload:<8}: {per_task:>8.0}");
+    }
+    println!(
+        "  registry / baseline: {:.2}   floor / baseline: {:.2}",
+        counts[0] / counts[2],
+        counts[1] / counts[2]
+    );
+}
+
+fn instructions_of(workload: &str, tasks: usize) -> u64 {
+    let output = Command::new("valgrind")
+        .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+        .arg(std::env::current_exe().unwrap())
+        .args([COUNT_CHILD_FLAG, workload, &tasks.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "valgrind run of {workload} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // callgrind ends with a line such as "==123== Collected : 88401958".
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .find_map(|line| line.split("Collected :").nth(1))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap()
 }
 
 /// Per sample: when the previous task's work returned, when this one's began.

@@ -1,0 +1,192 @@
+//! The floor: the least per-task work of any registry that keeps the parts
+//! deputy's contract asks for, measured beside the real one.
+//!
+//! A task here gets what every registry task must have: a random [`TaskId`]
+//! in a table that finds it by id, a shared cell with its spec and times, its
+//! own cancel token, a cap taken and given back, tracking for shutdown, and
+//! a [`TaskSnapshot`] handed to the collecting wait. It leaves out everything
+//! else the real registry does: no queue (it runs only with room for every
+//! task), no hooks, no lifecycle events, no load tracker, no lending, no
+//! retention or delivery bookkeeping. The table is sharded and each task's
+//! state has its own lock, so spawns, finishes and collects of different
+//! tasks share no lock at all.
+//!
+//! It is not a registry anyone should use. It answers one question: how
+//! close to a bare `Semaphore` + `tokio::spawn` can any registry with these
+//! parts get on this machine?
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use deputy_registry::{TaskId, TaskLabels, TaskSnapshot, TaskSpec, TaskStatus, Usage};
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const SHARDS: usize = 16;
+
+#[derive(Clone)]
+pub(crate) struct Floor {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    shards: Vec<Mutex<FxHashMap<TaskId, Arc<Cell>>>>,
+    running: AtomicUsize,
+    cap: usize,
+    tracker: TaskTracker,
+    /// One wall-clock reading, so a task's times need one clock read each.
+    epoch: (Instant, SystemTime),
+}
+
+struct Cell {
+    id: TaskId,
+    agent: Arc<str>,
+    task: Arc<str>,
+    labels: TaskLabels,
+    created: Instant,
+    token: CancellationToken,
+    state: Mutex<CellState>,
+    done: Notify,
+}
+
+#[derive(Default)]
+struct CellState {
+    status: Option<TaskStatus>,
+    output: Option<Arc<str>>,
+    started: Option<Instant>,
+    ended: Option<Instant>,
+    delivered: bool,
+}
+
+impl Floor {
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                shards: (0..SHARDS)
+                    .map(|_| Mutex::new(FxHashMap::default()))
+                    .collect(),
+                running: AtomicUsize::new(0),
+                cap,
+                tracker: TaskTracker::new(),
+                epoch: (Instant::now(), SystemTime::now()),
+            }),
+        }
+    }
+
+    fn shard(&self, id: TaskId) -> &Mutex<FxHashMap<TaskId, Arc<Cell>>> {
+        let index = (id.as_uuid().as_u128() % SHARDS as u128) as usize;
+        &self.shared.shards[index]
+    }
+
+    /// Starts `work` at once, or returns `None` when the cap is full.
+    pub(crate) fn spawn<F, Fut>(&self, spec: &TaskSpec, work: F) -> Option<TaskId>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = String> + Send + 'static,
+    {
+        let shared = &self.shared;
+        shared
+            .running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
+                (running < shared.cap).then_some(running + 1)
+            })
+            .ok()?;
+        let id = TaskId::new_random();
+        let now = Instant::now();
+        let cell = Arc::new(Cell {
+            id,
+            agent: spec.agent.clone(),
+            task: spec.task.clone(),
+            labels: spec.labels.clone(),
+            created: now,
+            token: CancellationToken::new(),
+            state: Mutex::new(CellState {
+                status: Some(TaskStatus::Running),
+                started: Some(now),
+                ..CellState::default()
+            }),
+            done: Notify::new(),
+        });
+        self.shard(id).lock().insert(id, cell.clone());
+        let floor = self.clone();
+        shared.tracker.spawn(async move {
+            let output = tokio::select! {
+                biased;
+                () = cell.token.cancelled() => None,
+                output = work() => Some(Arc::<str>::from(output)),
+            };
+            {
+                let mut state = cell.state.lock();
+                state.status = Some(if output.is_some() {
+                    TaskStatus::Completed
+                } else {
+                    TaskStatus::Cancelled
+                });
+                state.output = output;
+                state.ended = Some(Instant::now());
+            }
+            floor.shared.running.fetch_sub(1, Ordering::AcqRel);
+            cell.done.notify_waiters();
+        });
+        Some(id)
+    }
+
+    /// Waits for the task to finish and returns its snapshot, marked
+    /// delivered.
+    pub(crate) async fn wait(&self, id: TaskId) -> Option<TaskSnapshot> {
+        let cell = self.shard(id).lock().get(&id)?.clone();
+        loop {
+            let notified = cell.done.notified();
+            let mut notified = std::pin::pin!(notified);
+            if let Some(snapshot) = self.collect(&cell) {
+                return Some(snapshot);
+            }
+            notified.as_mut().enable();
+            if let Some(snapshot) = self.collect(&cell) {
+                return Some(snapshot);
+            }
+            notified.await;
+        }
+    }
+
+    fn collect(&self, cell: &Cell) -> Option<TaskSnapshot> {
+        let mut state = cell.state.lock();
+        let ended = state.ended?;
+        state.delivered = true;
+        let (epoch, epoch_at) = self.shared.epoch;
+        let at = |instant: Instant| epoch_at + instant.saturating_duration_since(epoch);
+        Some(TaskSnapshot {
+            id: cell.id,
+            parent_id: None,
+            agent: cell.agent.clone(),
+            labels: cell.labels.clone(),
+            task: cell.task.clone(),
+            depth: 1,
+            background: true,
+            root: false,
+            status: state.status.unwrap_or(TaskStatus::Running),
+            failure: None,
+            output: state.output.clone(),
+            usage: Usage::default(),
+            created_at: at(cell.created),
+            started_at: state.started.map(at),
+            ended_at: Some(at(ended)),
+            queued_for: Duration::ZERO,
+            run_time: state
+                .started
+                .map(|started| ended.saturating_duration_since(started)),
+            delivered: true,
+        })
+    }
+
+    /// Waits until every task has ended.
+    pub(crate) async fn shutdown(&self) {
+        self.shared.tracker.close();
+        self.shared.tracker.wait().await;
+    }
+}
