@@ -1,18 +1,19 @@
-//! The floor: the least per-task work of any registry that keeps the parts
-//! deputy's contract asks for, measured beside the real one.
+//! The floor: a minimal registry with only the parts deputy's contract asks
+//! of every task, measured beside the real one.
 //!
 //! A task here gets what every registry task must have: a random [`TaskId`]
 //! in a table that finds it by id, a shared cell with its spec and times, its
-//! own cancel token, a cap taken and given back, tracking for shutdown, and
-//! a [`TaskSnapshot`] handed to the collecting wait. It leaves out everything
-//! else the real registry does: no queue (it runs only with room for every
-//! task), no hooks, no lifecycle events, no load tracker, no lending, no
-//! retention or delivery bookkeeping. The table is sharded and each task's
-//! state has its own lock, so spawns, finishes and collects of different
-//! tasks share no lock at all.
+//! own cancel token, a cap taken and given back (whose count also tells
+//! shutdown when all have ended), and a [`TaskSnapshot`] handed to the
+//! collecting wait. It leaves out everything else the real registry does: no
+//! queue (it runs only with room for every task), no hooks, no lifecycle
+//! events, no load tracker, no lending, no retention or delivery
+//! bookkeeping. The table is sharded and each task's state has its own lock,
+//! so spawns, finishes and collects of different tasks share no lock; the
+//! one counter every task touches sits on a cache line of its own.
 //!
 //! It is not a registry anyone should use. It answers one question: how
-//! close to a bare `Semaphore` + `tokio::spawn` can any registry with these
+//! close to a bare `Semaphore` + `tokio::spawn` does a registry with these
 //! parts get on this machine?
 
 use std::sync::Arc;
@@ -25,23 +26,27 @@ use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 const SHARDS: usize = 16;
 
-#[derive(Clone)]
 pub(crate) struct Floor {
     shared: Arc<Shared>,
 }
 
 struct Shared {
     shards: Vec<Mutex<FxHashMap<TaskId, Arc<Cell>>>>,
-    running: AtomicUsize,
+    /// Tasks running; the spawning thread and the workers all write it, so
+    /// it gets a cache line of its own.
+    running: OwnLine<AtomicUsize>,
+    /// Woken when `running` drops to zero, for shutdown.
+    idle: Notify,
     cap: usize,
-    tracker: TaskTracker,
     /// One wall-clock reading, so a task's times need one clock read each.
     epoch: (Instant, SystemTime),
 }
+
+#[repr(align(128))]
+struct OwnLine<T>(T);
 
 struct Cell {
     id: TaskId,
@@ -70,9 +75,9 @@ impl Floor {
                 shards: (0..SHARDS)
                     .map(|_| Mutex::new(FxHashMap::default()))
                     .collect(),
-                running: AtomicUsize::new(0),
+                running: OwnLine(AtomicUsize::new(0)),
+                idle: Notify::new(),
                 cap,
-                tracker: TaskTracker::new(),
                 epoch: (Instant::now(), SystemTime::now()),
             }),
         }
@@ -92,6 +97,7 @@ impl Floor {
         let shared = &self.shared;
         shared
             .running
+            .0
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
                 (running < shared.cap).then_some(running + 1)
             })
@@ -113,12 +119,14 @@ impl Floor {
             done: Notify::new(),
         });
         self.shard(id).lock().insert(id, cell.clone());
-        let floor = self.clone();
-        shared.tracker.spawn(async move {
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            // The work first: a task whose work is ready at once never
+            // registers with its token.
             let output = tokio::select! {
                 biased;
-                () = cell.token.cancelled() => None,
                 output = work() => Some(Arc::<str>::from(output)),
+                () = cell.token.cancelled() => None,
             };
             {
                 let mut state = cell.state.lock();
@@ -130,8 +138,10 @@ impl Floor {
                 state.output = output;
                 state.ended = Some(Instant::now());
             }
-            floor.shared.running.fetch_sub(1, Ordering::AcqRel);
             cell.done.notify_waiters();
+            if shared.running.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+                shared.idle.notify_waiters();
+            }
         });
         Some(id)
     }
@@ -186,7 +196,14 @@ impl Floor {
 
     /// Waits until every task has ended.
     pub(crate) async fn shutdown(&self) {
-        self.shared.tracker.close();
-        self.shared.tracker.wait().await;
+        loop {
+            let idle = self.shared.idle.notified();
+            let mut idle = std::pin::pin!(idle);
+            idle.as_mut().enable();
+            if self.shared.running.0.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
     }
 }
