@@ -386,36 +386,30 @@ async fn a_token_guards_every_route_but_healthz() {
 #[test]
 fn it_refuses_a_public_address_without_a_token_and_an_unset_token() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("deputy.toml"), config(10, "", "")).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_deputy"))
-        .args(["serve", "--listen", "0.0.0.0:0"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
+    // Starts `deputy serve` on `config`, expects it to exit with the usage
+    // code 2, and returns what it printed to stderr.
+    let refused = |config: String, listen: &str| {
+        std::fs::write(dir.path().join("deputy.toml"), config).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_deputy"))
+            .args(["serve", "--listen", listen])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{listen}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+
+    let stderr = refused(config(10, "", ""), "0.0.0.0:0");
     assert!(
-        String::from_utf8_lossy(&output.stderr)
-            .contains("refusing to listen on 0.0.0.0:0 without a token")
+        stderr.contains("refusing to listen on 0.0.0.0:0 without a token"),
+        "{stderr}"
     );
 
-    std::fs::write(
-        dir.path().join("deputy.toml"),
-        config(
-            10,
-            "",
-            "\n[server]\ntoken_env = \"DEPUTY_TEST_UNSET_TOKEN\"\n",
-        ),
-    )
-    .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_deputy"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
+    let unset_token = "\n[server]\ntoken_env = \"DEPUTY_TEST_UNSET_TOKEN\"\n";
+    let stderr = refused(config(10, "", unset_token), "127.0.0.1:0");
     assert!(
-        String::from_utf8_lossy(&output.stderr)
-            .contains("DEPUTY_TEST_UNSET_TOKEN, which is unset or empty")
+        stderr.contains("DEPUTY_TEST_UNSET_TOKEN, which is unset or empty"),
+        "{stderr}"
     );
 }
 

@@ -135,11 +135,13 @@ fn researcher(latency: Duration) -> std::sync::Arc<FnProvider> {
     })
 }
 
-#[tokio::test(start_paused = true)]
-async fn with_a_cap_of_one_the_second_background_task_queues_then_runs() {
-    let lead = spawning_lead(&["Go", "Rust"]);
-    let runtime = Runtime::builder()
-        .settings(settings(1, 60_000))
+/// `lead` may delegate to a researcher that answers after 100 ms.
+fn lead_and_researcher(
+    lead: &std::sync::Arc<FnProvider>,
+    settings: deputy_registry::SettingsHandle,
+) -> Runtime {
+    Runtime::builder()
+        .settings(settings)
         .agent(
             agent("lead", lead.clone())
                 .subagents(["researcher"])
@@ -152,20 +154,19 @@ async fn with_a_cap_of_one_the_second_background_task_queues_then_runs() {
                 .unwrap(),
         )
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_cap_of_one_the_second_background_task_queues_then_runs() {
+    let lead = spawning_lead(&["Go", "Rust"]);
+    let runtime = lead_and_researcher(&lead, settings(1, 60_000));
 
     let events = collect_events(runtime.start("lead", "research both").unwrap()).await;
 
-    let statuses: Vec<String> = lead.requests()[1]
-        .messages
+    let statuses: Vec<String> = last_results(&lead.requests()[1])
         .iter()
-        .filter_map(|message| match message {
-            deputy_providers::Message::Tool { content, .. } => {
-                let value: serde_json::Value = serde_json::from_str(content).unwrap();
-                Some(value["status"].as_str().unwrap().to_owned())
-            }
-            _ => None,
-        })
+        .map(|(_, value, _)| value["status"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(statuses, ["running", "queued"]);
 
@@ -198,21 +199,7 @@ async fn with_a_cap_of_one_the_second_background_task_queues_then_runs() {
 #[tokio::test(start_paused = true)]
 async fn with_queue_wait_zero_the_second_background_task_is_refused_in_words() {
     let lead = spawning_lead(&["Go", "Rust"]);
-    let runtime = Runtime::builder()
-        .settings(settings(1, 0))
-        .agent(
-            agent("lead", lead.clone())
-                .subagents(["researcher"])
-                .build()
-                .unwrap(),
-        )
-        .agent(
-            agent("researcher", researcher(Duration::from_millis(100)))
-                .build()
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
+    let runtime = lead_and_researcher(&lead, settings(1, 0));
 
     let output = runtime.run("lead", "research both").await.unwrap();
 
