@@ -302,22 +302,24 @@ impl Registry {
         let id = prepared.id;
         let new = self.shared.state.lock().spawn(spec, root, prepared)?;
         let guard = SettleGuard::new(self.clone(), id);
-        let status = match new.admission {
-            Admission::Running => {
+        let cell = new.cell.clone();
+        let (status, join) = match new.admission {
+            Admission::Running => (
+                TaskStatus::Running,
                 self.shared
                     .tracker
-                    .spawn(task::run_admitted(new.cell, time_limit, work, guard));
-                TaskStatus::Running
-            }
-            Admission::Queued { admitted, deadline } => {
+                    .spawn(task::run_admitted(new.cell, time_limit, work, guard)),
+            ),
+            Admission::Queued { admitted, deadline } => (
+                TaskStatus::Queued,
                 self.shared.tracker.spawn(task::run_queued(
                     new.cell, admitted, deadline, time_limit, work, guard,
-                ));
-                TaskStatus::Queued
-            }
+                )),
+            ),
         };
-        let spawned = Spawned { id, status };
-        Ok(spawned)
+        // Kept until the result is collected; see `TaskCell::join`.
+        *cell.join.lock() = Some(join);
+        Ok(Spawned { id, status })
     }
 
     /// Cancels a queued or running task and, through its cancel token, all
@@ -365,8 +367,11 @@ impl Registry {
         timeout: Option<Duration>,
     ) -> Result<WaitOutcome, UnknownTask> {
         // Most waits find the task finished: one lock, no waiter set up.
-        let cell = match self.shared.state.lock().collect(id)? {
-            Collected::Finished(outcome) => return Ok(outcome),
+        // The join handle a collect hands back is dropped here, after the
+        // lock (each `let` below releases it before the handle drops).
+        let collected = self.shared.state.lock().collect(id)?;
+        let cell = match collected {
+            Collected::Finished(outcome, _join) => return Ok(outcome),
             Collected::Pending(cell) => cell,
         };
         let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
@@ -376,7 +381,8 @@ impl Registry {
             notified.as_mut().enable();
             // Checked after enabling the waiter, so a settle in between is
             // not missed.
-            if let Collected::Finished(outcome) = self.shared.state.lock().collect(id)? {
+            let collected = self.shared.state.lock().collect(id)?;
+            if let Collected::Finished(outcome, _join) = collected {
                 return Ok(outcome);
             }
             let timed_out = match deadline {
@@ -390,7 +396,9 @@ impl Registry {
                 // It may have finished just as time ran out: then hand it
                 // over rather than report a stale state.
                 let mut state = self.shared.state.lock();
-                if let Collected::Finished(outcome) = state.collect(id)? {
+                if let Collected::Finished(outcome, join) = state.collect(id)? {
+                    drop(state);
+                    drop(join);
                     return Ok(outcome);
                 }
                 let task = state.snapshot(id, Instant::now()).ok_or(UnknownTask(id))?;
@@ -406,7 +414,10 @@ impl Registry {
     /// parentless task) whose result has not been handed over yet, oldest
     /// first; each is marked delivered and never returned again.
     pub fn take_finished(&self, parent: Option<TaskId>) -> Vec<TaskSnapshot> {
-        self.shared.state.lock().take_finished(parent)
+        let (taken, joins) = self.shared.state.lock().take_finished(parent);
+        // Dropped after the lock; see `TaskCell::join`.
+        drop(joins);
+        taken
     }
 
     /// A reference that does not keep the registry alive.
@@ -580,6 +591,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::FailureKind;
 
     /// Every spawn allocates its task's future, so the hook phases and the
     /// time limit's timer are boxed and entered only when present. Inline,
@@ -615,5 +627,72 @@ mod tests {
             TaskStatus::Cancelled,
             "the drop guard settles the task"
         );
+    }
+
+    /// A task's join handle is kept until its result is handed over, and
+    /// let go by every way of handing it over, so a delivered task holds no
+    /// Tokio task memory.
+    #[tokio::test]
+    async fn the_join_handle_is_kept_until_the_result_is_delivered() {
+        let registry = Registry::builder().build();
+        let keeps = |id| registry.shared.state.lock().keeps_join_handle(id);
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let waited = registry
+            .spawn(TaskSpec::new("probe", "waited"), |_| async move {
+                let _ = release_rx.await;
+                Ok("done".to_owned())
+            })
+            .unwrap()
+            .id;
+        let taken = registry
+            .spawn(TaskSpec::new("probe", "taken"), |_| async {
+                Ok("done".to_owned())
+            })
+            .unwrap()
+            .id;
+        assert_eq!(keeps(waited), Some(true), "kept while running");
+
+        release_tx.send(()).unwrap();
+        while registry.get(waited).unwrap().status == TaskStatus::Running
+            || registry.get(taken).unwrap().status == TaskStatus::Running
+        {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(keeps(waited), Some(true), "kept while undelivered");
+        assert_eq!(keeps(taken), Some(true), "kept while undelivered");
+
+        registry.wait(waited, None).await.unwrap();
+        assert_eq!(keeps(waited), Some(false), "let go by a collecting wait");
+        let results = registry.take_finished(None);
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].id, taken);
+        assert_eq!(keeps(taken), Some(false), "let go by take_finished");
+
+        // A failed parent's unread children are delivered to nobody.
+        let (fail_tx, fail_rx) = tokio::sync::oneshot::channel::<()>();
+        let parent = registry
+            .spawn(TaskSpec::new("probe", "parent"), |_| async move {
+                let _ = fail_rx.await;
+                Err(TaskFailure::new(FailureKind::Other, "gave up"))
+            })
+            .unwrap()
+            .id;
+        let child = registry
+            .spawn(
+                TaskSpec::new("probe", "child")
+                    .parent(parent)
+                    .background(true),
+                |_| async { Ok("done".to_owned()) },
+            )
+            .unwrap()
+            .id;
+        while registry.get(child).unwrap().status == TaskStatus::Running {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(keeps(child), Some(true));
+        fail_tx.send(()).unwrap();
+        registry.wait(parent, None).await.unwrap();
+        assert!(registry.get(child).unwrap().delivered);
+        assert_eq!(keeps(child), Some(false), "let go when delivered to nobody");
     }
 }

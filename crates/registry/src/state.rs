@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use tokio::sync::{Notify, broadcast, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +45,23 @@ pub(crate) struct TaskCell {
     pub(crate) usage: Mutex<Usage>,
     /// Woken when the task has finished and settled.
     pub(crate) done: Notify,
+    /// The task's join handle, kept until its result is handed over and
+    /// then dropped by whoever took it, outside the registry's lock.
+    ///
+    /// Why keep it: a Tokio task's memory is freed by whoever drops the
+    /// last reference to it. Dropped at spawn, that is the worker that ran
+    /// the task, and glibc's malloc returns a block freed on another thread
+    /// to the arena that made it, under that arena's lock (`_int_free` in
+    /// glibc's malloc/malloc.c), which the spawning thread holds for each
+    /// of its own allocations. Held here, the memory is freed by the thread
+    /// that collects the result, most often the one that spawned it; the
+    /// throughput benchmark's figures are in BENCHMARKS.md.
+    ///
+    /// The spawn stores it just after the task is spawned, so a result
+    /// collected in between (by someone who learnt the id from an event)
+    /// leaves it here until the entry is evicted: memory held a little
+    /// longer, never leaked.
+    pub(crate) join: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Which slot a task runs on.
@@ -145,8 +163,10 @@ pub(crate) enum Admission {
     reason = "returned by value once per wait; boxing would add an allocation to the hot path"
 )]
 pub(crate) enum Collected {
-    /// Finished: its result, now delivered.
-    Finished(WaitOutcome),
+    /// Finished: its result, now delivered, and the task's join handle if
+    /// this delivery took it, for the caller to drop once the lock is
+    /// released (see [`TaskCell::join`]).
+    Finished(WaitOutcome, Option<JoinHandle<()>>),
     /// Not finished yet: the cell whose `done` wakes waiters.
     Pending(Arc<TaskCell>),
 }
@@ -382,6 +402,7 @@ impl State {
             token,
             usage: Mutex::new(Usage::default()),
             done: Notify::new(),
+            join: Mutex::new(None),
         });
 
         let slot = if root {
@@ -797,7 +818,7 @@ impl State {
                 matches!(parent.status, TaskStatus::Failed | TaskStatus::Cancelled)
             })
         {
-            self.deliver(id, now);
+            self.deliver_to_nobody(id, now);
         }
 
         if status != TaskStatus::Completed {
@@ -812,7 +833,7 @@ impl State {
                 .map(|inbox| inbox.finished.clone())
                 .unwrap_or_default();
             for child in unread {
-                self.deliver(child, now);
+                self.deliver_to_nobody(child, now);
             }
         }
         if !cell.root {
@@ -936,6 +957,17 @@ impl State {
         true
     }
 
+    /// Settles a result as delivered when nobody is left to read it, and
+    /// lets go of the task's join handle, which only a reader would have
+    /// dropped.
+    fn deliver_to_nobody(&mut self, id: TaskId, now: Instant) {
+        if self.deliver(id, now)
+            && let Some(entry) = self.tasks.get(&id)
+        {
+            drop(entry.cell.join.lock().take());
+        }
+    }
+
     /// Bookkeeping for a result just marked delivered.
     fn note_delivered(&mut self, id: TaskId, parent: Option<TaskId>, now: Instant) {
         self.n_undelivered = self.n_undelivered.saturating_sub(1);
@@ -957,32 +989,43 @@ impl State {
             entry.delivered_at = Some(now);
         }
         let task = snapshot_of(id, entry, now);
+        let join = entry.cell.join.lock().take();
         if newly_delivered {
             self.note_delivered(id, task.parent_id, now);
         }
-        Ok(Collected::Finished(WaitOutcome {
-            task,
-            newly_delivered,
-        }))
+        Ok(Collected::Finished(
+            WaitOutcome {
+                task,
+                newly_delivered,
+            },
+            join,
+        ))
     }
 
     /// Every finished child of `parent` not yet handed over, oldest first,
-    /// now marked delivered.
-    pub(crate) fn take_finished(&mut self, parent: Option<TaskId>) -> Vec<TaskSnapshot> {
+    /// now marked delivered, with the join handles taken from them for the
+    /// caller to drop once the lock is released (see [`TaskCell::join`]).
+    pub(crate) fn take_finished(
+        &mut self,
+        parent: Option<TaskId>,
+    ) -> (Vec<TaskSnapshot>, Vec<JoinHandle<()>>) {
         let Some(inbox) = self.inboxes.remove(&parent) else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
         let now = Instant::now();
         let mut taken = Vec::with_capacity(inbox.undelivered);
+        let mut joins = Vec::with_capacity(inbox.undelivered);
         for id in inbox.finished {
-            if self.deliver(id, now)
-                && let Some(snapshot) = self.snapshot(id, now)
-            {
-                taken.push(snapshot);
+            if !self.deliver(id, now) {
+                continue;
+            }
+            if let Some(entry) = self.tasks.get(&id) {
+                taken.push(snapshot_of(id, entry, now));
+                joins.extend(entry.cell.join.lock().take());
             }
         }
         self.evict(now);
-        taken
+        (taken, joins)
     }
 
     // ----- reading ----------------------------------------------------------
@@ -1077,6 +1120,13 @@ impl State {
     pub(crate) fn emit_hook_failure(&mut self, event: RegistryEvent) {
         self.counters.hook_failures += 1;
         self.emit(event);
+    }
+
+    /// Whether the task's join handle is still kept (see [`TaskCell::join`]).
+    #[cfg(test)]
+    pub(crate) fn keeps_join_handle(&self, id: TaskId) -> Option<bool> {
+        let entry = self.tasks.get(&id)?;
+        Some(entry.cell.join.lock().is_some())
     }
 
     /// Every task id still queued or running, for shutdown.

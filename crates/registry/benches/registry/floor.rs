@@ -5,7 +5,10 @@
 //! in a table that finds it by id, a shared cell with its spec and times, its
 //! own cancel token, a cap taken and given back (whose count also tells
 //! shutdown when all have ended), and a [`TaskSnapshot`] handed to the
-//! collecting wait. It leaves out everything else the real registry does: no
+//! collecting wait. Like the registry, it keeps each task's join handle
+//! until the result is collected, so the task's memory is freed by the
+//! collecting thread rather than by the worker that ran it. It leaves out
+//! everything else the real registry does: no
 //! queue (it runs only with room for every task), no hooks, no lifecycle
 //! events, no load tracker, no lending, no retention or delivery
 //! bookkeeping. The table is sharded and each task's state has its own lock,
@@ -24,6 +27,7 @@ use deputy_registry::{TaskId, TaskLabels, TaskSnapshot, TaskSpec, TaskStatus, Us
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -57,6 +61,7 @@ struct Cell {
     token: CancellationToken,
     state: Mutex<CellState>,
     done: Notify,
+    join: Mutex<Option<JoinHandle<()>>>,
 }
 
 #[derive(Default)]
@@ -117,10 +122,13 @@ impl Floor {
                 ..CellState::default()
             }),
             done: Notify::new(),
+            join: Mutex::new(None),
         });
         self.shard(id).lock().insert(id, cell.clone());
         let shared = self.shared.clone();
-        tokio::spawn(async move {
+        let task_cell = cell.clone();
+        let join = tokio::spawn(async move {
+            let cell = task_cell;
             // The work first: a task whose work is ready at once never
             // registers with its token.
             let output = tokio::select! {
@@ -143,6 +151,7 @@ impl Floor {
                 shared.idle.notify_waiters();
             }
         });
+        *cell.join.lock() = Some(join);
         Some(id)
     }
 
@@ -168,6 +177,7 @@ impl Floor {
         let mut state = cell.state.lock();
         let ended = state.ended?;
         state.delivered = true;
+        drop(cell.join.lock().take());
         let (epoch, epoch_at) = self.shared.epoch;
         let at = |instant: Instant| epoch_at + instant.saturating_duration_since(epoch);
         Some(TaskSnapshot {
