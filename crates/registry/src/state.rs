@@ -201,7 +201,7 @@ pub(crate) struct Counters {
 pub(crate) struct State {
     settings: Arc<SubagentSettings>,
     settings_rx: watch::Receiver<Arc<SubagentSettings>>,
-    tasks: FxHashMap<TaskId, Entry>,
+    tasks: FxHashMap<TaskId, Box<Entry>>,
     queues: FxHashMap<Arc<str>, AgentQueue>,
     n_queued: usize,
     slots_in_use: usize,
@@ -468,7 +468,7 @@ impl State {
                     }
                     Slot::None => {}
                 }
-                self.tasks.insert(id, entry);
+                self.tasks.insert(id, Box::new(entry));
                 if !root {
                     self.note_started(&agent);
                     self.emit(RegistryEvent::Started {
@@ -486,7 +486,7 @@ impl State {
             None => {
                 let (sender, admitted) = oneshot::channel();
                 entry.admit = Some(sender);
-                self.tasks.insert(id, entry);
+                self.tasks.insert(id, Box::new(entry));
                 let queue = self.queues.entry(agent.clone()).or_default();
                 queue.waiters.push_back((seq, id));
                 queue.live += 1;
@@ -1178,13 +1178,13 @@ fn snapshot_of(id: TaskId, entry: &Entry, now: Instant) -> TaskSnapshot {
 }
 
 /// Whether `id` is a finished task whose result has not been handed over.
-fn is_undelivered(tasks: &FxHashMap<TaskId, Entry>, id: TaskId) -> bool {
+fn is_undelivered(tasks: &FxHashMap<TaskId, Box<Entry>>, id: TaskId) -> bool {
     tasks
         .get(&id)
         .is_some_and(|entry| entry.ended.is_some() && entry.delivered_at.is_none())
 }
 
-fn is_waiting(tasks: &FxHashMap<TaskId, Entry>, id: TaskId, seq: u64) -> bool {
+fn is_waiting(tasks: &FxHashMap<TaskId, Box<Entry>>, id: TaskId, seq: u64) -> bool {
     tasks
         .get(&id)
         .is_some_and(|entry| entry.seq == seq && entry.status == TaskStatus::Queued)
