@@ -45,8 +45,9 @@ pub(crate) struct TaskCell {
     pub(crate) usage: Mutex<Usage>,
     /// Woken when the task has finished and settled.
     pub(crate) done: Notify,
-    /// The task's join handle, kept until its result is handed over and
-    /// then dropped by whoever took it, outside the registry's lock.
+    /// The task's join handle, kept until its result is handed over. The
+    /// delivery takes it; a collecting wait and `take_finished` drop it
+    /// outside the registry's lock.
     ///
     /// Why keep it: a Tokio task's memory is freed by whoever drops the
     /// last reference to it. Dropped at spawn, that is the worker that ran
@@ -818,7 +819,8 @@ impl State {
                 matches!(parent.status, TaskStatus::Failed | TaskStatus::Cancelled)
             })
         {
-            self.deliver_to_nobody(id, now);
+            // Nobody reads it; its handle, if any, is dropped at once.
+            drop(self.deliver(id, now));
         }
 
         if status != TaskStatus::Completed {
@@ -833,7 +835,7 @@ impl State {
                 .map(|inbox| inbox.finished.clone())
                 .unwrap_or_default();
             for child in unread {
-                self.deliver_to_nobody(child, now);
+                drop(self.deliver(child, now));
             }
         }
         if !cell.root {
@@ -942,30 +944,20 @@ impl State {
         }
     }
 
-    /// Marks a finished task's result as handed over. Returns whether this
-    /// was the first time.
-    fn deliver(&mut self, id: TaskId, now: Instant) -> bool {
-        let Some(entry) = self.tasks.get_mut(&id) else {
-            return false;
-        };
+    /// Marks a finished task's result as handed over and lets go of its
+    /// join handle, returned for the caller to drop (see [`TaskCell::join`]).
+    /// `None` when the result was not there to deliver: unknown, not
+    /// finished, or already delivered.
+    fn deliver(&mut self, id: TaskId, now: Instant) -> Option<Option<JoinHandle<()>>> {
+        let entry = self.tasks.get_mut(&id)?;
         if entry.ended.is_none() || entry.delivered_at.is_some() {
-            return false;
+            return None;
         }
         entry.delivered_at = Some(now);
         let parent = entry.cell.parent;
+        let join = entry.cell.join.lock().take();
         self.note_delivered(id, parent, now);
-        true
-    }
-
-    /// Settles a result as delivered when nobody is left to read it, and
-    /// lets go of the task's join handle, which only a reader would have
-    /// dropped.
-    fn deliver_to_nobody(&mut self, id: TaskId, now: Instant) {
-        if self.deliver(id, now)
-            && let Some(entry) = self.tasks.get(&id)
-        {
-            drop(entry.cell.join.lock().take());
-        }
+        Some(join)
     }
 
     /// Bookkeeping for a result just marked delivered.
@@ -1016,12 +1008,12 @@ impl State {
         let mut taken = Vec::with_capacity(inbox.undelivered);
         let mut joins = Vec::with_capacity(inbox.undelivered);
         for id in inbox.finished {
-            if !self.deliver(id, now) {
+            let Some(join) = self.deliver(id, now) else {
                 continue;
-            }
-            if let Some(entry) = self.tasks.get(&id) {
-                taken.push(snapshot_of(id, entry, now));
-                joins.extend(entry.cell.join.lock().take());
+            };
+            joins.extend(join);
+            if let Some(snapshot) = self.snapshot(id, now) {
+                taken.push(snapshot);
             }
         }
         self.evict(now);
