@@ -152,39 +152,49 @@ impl LoadTracker {
         }
     }
 
-    fn agent(&mut self, agent: &Arc<str>) -> &mut AgentLoad {
-        self.agents.entry(agent.clone()).or_default()
+    fn update(&mut self, agent: &Arc<str>, update: impl FnOnce(&mut AgentLoad)) {
+        // Looked up before inserting, so the common case clones no name: an
+        // agent's name is shared by all its tasks, and each clone writes to
+        // the count that every thread running them touches.
+        match self.agents.get_mut(agent) {
+            Some(load) => update(load),
+            None => update(self.agents.entry(agent.clone()).or_default()),
+        }
     }
 
     /// The selector picked `agent`.
     pub fn record_selection(&mut self, agent: &Arc<str>, window: Duration) {
         let now = self.clock.now();
-        self.agent(agent).selections.record(now, window);
+        self.update(agent, |load| load.selections.record(now, window));
     }
 
     /// A task of `agent` started running.
     pub fn record_started(&mut self, agent: &Arc<str>) {
-        let load = self.agent(agent);
-        load.in_flight = load.in_flight.saturating_add(1);
+        self.update(agent, |load| {
+            load.in_flight = load.in_flight.saturating_add(1)
+        });
     }
 
     /// A running task of `agent` ended.
     pub fn record_finished(&mut self, agent: &Arc<str>, outcome: RunOutcome, window: Duration) {
-        let now = self.clock.now();
-        let load = self.agent(agent);
-        load.in_flight = load.in_flight.saturating_sub(1);
-        match outcome {
-            RunOutcome::Succeeded(took) => {
-                load.latency_ewma = Some(match load.latency_ewma {
-                    None => took,
-                    Some(mean) => {
-                        mean.mul_f64(1.0 - LATENCY_EWMA_WEIGHT) + took.mul_f64(LATENCY_EWMA_WEIGHT)
-                    }
-                });
+        // Only a failure needs the time.
+        let now = matches!(outcome, RunOutcome::Failed).then(|| self.clock.now());
+        self.update(agent, |load| {
+            load.in_flight = load.in_flight.saturating_sub(1);
+            match (outcome, now) {
+                (RunOutcome::Succeeded(took), _) => {
+                    load.latency_ewma = Some(match load.latency_ewma {
+                        None => took,
+                        Some(mean) => {
+                            mean.mul_f64(1.0 - LATENCY_EWMA_WEIGHT)
+                                + took.mul_f64(LATENCY_EWMA_WEIGHT)
+                        }
+                    });
+                }
+                (RunOutcome::Failed, Some(now)) => load.failures.record(now, window),
+                _ => {}
             }
-            RunOutcome::Failed => load.failures.record(now, window),
-            RunOutcome::Neutral => {}
-        }
+        });
     }
 
     /// Drops agents with nothing running and nothing recent, so names that

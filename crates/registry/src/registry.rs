@@ -20,7 +20,9 @@ use crate::selector::{AgentCandidate, Selection, SelectionError, SelectionReques
 use crate::settings::SubagentSettings;
 use crate::snapshot::{TaskFilter, TaskSnapshot, WaitOutcome};
 use crate::spec::TaskSpec;
-use crate::state::{Admission, Collected, LeaveReason, Outcome, Prepared, QueueExit, State};
+use crate::state::{
+    Admission, Collected, LeaveReason, Outcome, Prepared, QueueExit, State, TaskCell,
+};
 use crate::status::{TaskFailure, TaskStatus};
 use crate::task::{self, SettleGuard, TaskContext};
 
@@ -298,22 +300,22 @@ impl Registry {
     {
         let time_limit = spec.time_limit;
         // What needs no lock is made before the lock is taken.
-        let prepared = Prepared::new(&spec);
-        let id = prepared.id;
-        let new = self.shared.state.lock().spawn(spec, root, prepared)?;
-        let guard = SettleGuard::new(self.clone(), id);
+        let prepared = Prepared::new(spec, root);
+        let id = prepared.id();
+        let new = self.shared.state.lock().spawn(prepared, root)?;
         let cell = new.cell.clone();
+        let guard = SettleGuard::new(self.clone(), new.cell);
         let (status, join) = match new.admission {
             Admission::Running => (
                 TaskStatus::Running,
                 self.shared
                     .tracker
-                    .spawn(task::run_admitted(new.cell, time_limit, work, guard)),
+                    .spawn(task::run_admitted(time_limit, work, guard)),
             ),
             Admission::Queued { admitted, deadline } => (
                 TaskStatus::Queued,
                 self.shared.tracker.spawn(task::run_queued(
-                    new.cell, admitted, deadline, time_limit, work, guard,
+                    admitted, deadline, time_limit, work, guard,
                 )),
             ),
         };
@@ -429,6 +431,9 @@ impl Registry {
 
     /// A stream of lifecycle events from now on (see [`RegistryEvent`]).
     pub fn subscribe(&self) -> broadcast::Receiver<RegistryEvent> {
+        // Under the lock, so every event emitted after this returns is built.
+        let mut state = self.shared.state.lock();
+        state.note_listener();
         self.shared.events.subscribe()
     }
 
@@ -537,29 +542,33 @@ impl Registry {
         &self.shared.hooks
     }
 
-    pub(crate) fn leave_queue(&self, id: TaskId, reason: LeaveReason) -> QueueExit {
-        self.shared.state.lock().leave_queue(id, reason)
+    pub(crate) fn leave_queue(&self, cell: &Arc<TaskCell>, reason: LeaveReason) -> QueueExit {
+        self.shared.state.lock().leave_queue(cell, reason)
     }
 
     pub(crate) fn finish(
         &self,
-        id: TaskId,
+        cell: &Arc<TaskCell>,
         outcome: Outcome,
         stop_event_wanted: bool,
     ) -> Option<SubagentStopEvent> {
         self.shared
             .state
             .lock()
-            .finish(id, outcome, stop_event_wanted)
+            .finish(cell, outcome, stop_event_wanted)
     }
 
-    pub(crate) fn abandon(&self, id: TaskId, start_began: bool) -> Option<SubagentStopEvent> {
+    pub(crate) fn abandon(
+        &self,
+        cell: &Arc<TaskCell>,
+        start_began: bool,
+    ) -> Option<SubagentStopEvent> {
         let wants_stop = start_began && self.shared.hooks.has_stop_hooks();
-        self.shared.state.lock().abandon(id, wants_stop)
+        self.shared.state.lock().abandon(cell, wants_stop)
     }
 
-    pub(crate) fn start_event(&self, id: TaskId) -> Option<SubagentStartEvent> {
-        self.shared.state.lock().start_event(id)
+    pub(crate) fn start_event(&self, cell: &TaskCell) -> SubagentStartEvent {
+        self.shared.state.lock().start_event(cell)
     }
 
     pub(crate) async fn run_stop_hooks(&self, event: &SubagentStopEvent) {
@@ -599,20 +608,13 @@ mod tests {
     #[tokio::test]
     async fn a_task_future_without_hooks_or_time_limit_stays_small() {
         let registry = Registry::builder().build();
-        let spec = TaskSpec::new("probe", "size");
-        let prepared = Prepared::new(&spec);
-        let id = prepared.id;
-        let new = registry
-            .shared
-            .state
-            .lock()
-            .spawn(spec, false, prepared)
-            .unwrap();
+        let prepared = Prepared::new(TaskSpec::new("probe", "size"), false);
+        let id = prepared.id();
+        let new = registry.shared.state.lock().spawn(prepared, false).unwrap();
         let future = task::run_admitted(
-            new.cell,
             None,
             |_| async { Ok(String::new()) },
-            SettleGuard::new(registry.clone(), id),
+            SettleGuard::new(registry.clone(), new.cell),
         );
         let size = std::mem::size_of_val(&future);
         // Dropped unpolled: the guard settles the task and frees its slot.

@@ -27,8 +27,11 @@ use crate::spec::{TaskLabels, TaskSpec};
 use crate::status::{FailureKind, TaskFailure, TaskStatus};
 use crate::usage::Usage;
 
-/// The parts of a task that never change after spawn, shared between the
-/// registry's entry and the task's own future.
+/// One task: what never changes after spawn, and, behind its own lock,
+/// where the task is in its life. The task table, the queue and the task's
+/// own future all hold the same cell, so the future's settle reaches the
+/// task's state without a lookup in the table, and a task costs one
+/// allocation besides Tokio's.
 #[derive(Debug)]
 pub(crate) struct TaskCell {
     pub(crate) id: TaskId,
@@ -60,9 +63,41 @@ pub(crate) struct TaskCell {
     ///
     /// The spawn stores it just after the task is spawned, so a result
     /// collected in between (by someone who learnt the id from an event)
-    /// leaves it here until the entry is evicted: memory held a little
+    /// leaves it here until the cell is dropped: memory held a little
     /// longer, never leaked.
     pub(crate) join: Mutex<Option<JoinHandle<()>>>,
+    /// Locked only while the registry's lock is held, so it is never
+    /// contended; lock order: the registry's lock, then this. Never locked
+    /// twice at once by one thread: each use copies out what it needs.
+    life: Mutex<Life>,
+}
+
+impl TaskCell {
+    fn new(
+        prepared: PreparedCell,
+        spec: TaskSpec,
+        root: bool,
+        depth: u32,
+        token: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            id: prepared.id,
+            agent: spec.agent,
+            task: spec.task,
+            parent: spec.parent,
+            labels: spec.labels,
+            background: spec.background,
+            root,
+            depth,
+            created: prepared.created,
+            created_at: prepared.created_at,
+            token,
+            usage: Mutex::new(Usage::default()),
+            done: Notify::new(),
+            join: Mutex::new(None),
+            life: Mutex::new(Life::default()),
+        })
+    }
 }
 
 /// Which slot a task runs on.
@@ -76,9 +111,9 @@ enum Slot {
     Borrowed(TaskId),
 }
 
+/// Where a task is in its life; see [`TaskCell::life`].
 #[derive(Debug)]
-struct Entry {
-    cell: Arc<TaskCell>,
+struct Life {
     /// Spawn order, for FIFO admission.
     seq: u64,
     status: TaskStatus,
@@ -97,12 +132,30 @@ struct Entry {
     delivered_at: Option<Instant>,
 }
 
+impl Default for Life {
+    fn default() -> Self {
+        Self {
+            seq: 0,
+            status: TaskStatus::Queued,
+            failure: None,
+            output: None,
+            started: None,
+            ended: None,
+            slot: Slot::None,
+            lent_to: None,
+            borrowers: VecDeque::new(),
+            admit: None,
+            delivered_at: None,
+        }
+    }
+}
+
 /// One agent's waiters in spawn order. Entries whose task left the queue
 /// another way (cancel, timeout, borrowed slot) stay as tombstones until
 /// they reach the front or the deque is compacted.
 #[derive(Debug, Default)]
 struct AgentQueue {
-    waiters: VecDeque<(u64, TaskId)>,
+    waiters: VecDeque<(u64, Arc<TaskCell>)>,
     live: usize,
 }
 
@@ -115,25 +168,64 @@ struct Inbox {
     undelivered: usize,
 }
 
-/// The parts of a new task that need no lock, made before the spawn takes
-/// it so the locked section stays short.
+/// A new task as far as it can be made before the spawn takes the lock, so
+/// the locked section stays short.
 #[derive(Debug)]
-pub(crate) struct Prepared {
-    pub(crate) id: TaskId,
+pub(crate) enum Prepared {
+    /// A parentless task, whole: its depth and cancel scope need no parent.
+    Parentless(Arc<TaskCell>),
+    /// A child, whose depth and cancel token come from its parent, read
+    /// under the lock.
+    Child {
+        parent: TaskId,
+        cell: PreparedCell,
+        spec: TaskSpec,
+    },
+}
+
+/// The parts of a cell that need neither a lock nor a parent.
+#[derive(Debug)]
+pub(crate) struct PreparedCell {
+    id: TaskId,
     created: Instant,
     created_at: SystemTime,
-    /// A parentless task's own cancel scope; a child's token is made from
-    /// its parent's under the lock.
-    token: Option<CancellationToken>,
 }
 
 impl Prepared {
-    pub(crate) fn new(spec: &TaskSpec) -> Self {
-        Self {
+    pub(crate) fn new(spec: TaskSpec, root: bool) -> Self {
+        let cell = PreparedCell {
             id: TaskId::new_random(),
             created: Instant::now(),
             created_at: SystemTime::now(),
-            token: spec.parent.is_none().then(CancellationToken::new),
+        };
+        match spec.parent {
+            // A parentless task is its own cancel scope; shutdown cancels
+            // every task by id.
+            None => {
+                let depth = u32::from(!root);
+                Self::Parentless(TaskCell::new(
+                    cell,
+                    spec,
+                    root,
+                    depth,
+                    CancellationToken::new(),
+                ))
+            }
+            Some(parent) => Self::Child { parent, cell, spec },
+        }
+    }
+
+    pub(crate) fn id(&self) -> TaskId {
+        match self {
+            Self::Parentless(cell) => cell.id,
+            Self::Child { cell, .. } => cell.id,
+        }
+    }
+
+    fn agent(&self) -> &str {
+        match self {
+            Self::Parentless(cell) => &cell.agent,
+            Self::Child { spec, .. } => &spec.agent,
         }
     }
 }
@@ -202,7 +294,7 @@ pub(crate) struct Counters {
 pub(crate) struct State {
     settings: Arc<SubagentSettings>,
     settings_rx: watch::Receiver<Arc<SubagentSettings>>,
-    tasks: FxHashMap<TaskId, Box<Entry>>,
+    tasks: FxHashMap<TaskId, Arc<TaskCell>>,
     queues: FxHashMap<Arc<str>, AgentQueue>,
     n_queued: usize,
     slots_in_use: usize,
@@ -211,8 +303,8 @@ pub(crate) struct State {
     agent_caps: FxHashMap<Arc<str>, usize>,
     next_seq: u64,
     /// Finished tasks in finish order, for last-resort eviction; entries
-    /// delivered or evicted since are stale and skipped.
-    finished_order: VecDeque<TaskId>,
+    /// delivered since are stale and skipped.
+    finished_order: VecDeque<Arc<TaskCell>>,
     /// How many finished tasks have not been delivered.
     n_undelivered: usize,
     /// Finished, undelivered tasks per parent.
@@ -224,6 +316,8 @@ pub(crate) struct State {
     shutting_down: bool,
     pub(crate) counters: Counters,
     events: broadcast::Sender<RegistryEvent>,
+    /// Whether anyone has subscribed to the events; until then none is built.
+    listened: bool,
 }
 
 impl State {
@@ -252,14 +346,28 @@ impl State {
             load,
             selector,
             shutting_down: false,
+            listened: false,
             counters: Counters::default(),
             events,
         }
     }
 
-    fn emit(&self, event: RegistryEvent) {
-        // No subscribers is fine: events are for whoever listens.
-        let _ = self.events.send(event);
+    /// Sends the event `make` builds, once anyone has subscribed. Until
+    /// then none is built: an event holds the agent's name, shared by all
+    /// of its tasks, and each clone of it writes to the count every thread
+    /// running them touches; and asking the channel whether anyone listens
+    /// takes its lock, which the spawning thread and the workers would
+    /// trade on every task.
+    fn emit(&self, make: impl FnOnce() -> RegistryEvent) {
+        if self.listened {
+            // Every receiver may have gone since; that is fine.
+            let _ = self.events.send(make());
+        }
+    }
+
+    /// Someone subscribes to the events: from now on they are built.
+    pub(crate) fn note_listener(&mut self) {
+        self.listened = true;
     }
 
     pub(crate) fn settings(&self) -> &Arc<SubagentSettings> {
@@ -284,7 +392,7 @@ impl State {
             "sub-agent settings applied"
         );
         self.settings = new.clone();
-        self.emit(RegistryEvent::SettingsApplied { settings: new });
+        self.emit(|| RegistryEvent::SettingsApplied { settings: new });
         self.admit_waiters();
     }
 
@@ -317,14 +425,9 @@ impl State {
 
     // ----- spawning -------------------------------------------------------
 
-    pub(crate) fn spawn(
-        &mut self,
-        spec: TaskSpec,
-        root: bool,
-        prepared: Prepared,
-    ) -> Result<NewTask, SpawnError> {
+    pub(crate) fn spawn(&mut self, prepared: Prepared, root: bool) -> Result<NewTask, SpawnError> {
         self.refresh_settings();
-        let result = self.try_spawn(spec, root, prepared);
+        let result = self.try_spawn(prepared, root);
         match &result {
             Ok(_) => self.counters.spawned += 1,
             Err(_) => self.counters.refused += 1,
@@ -332,22 +435,11 @@ impl State {
         result
     }
 
-    fn try_spawn(
-        &mut self,
-        spec: TaskSpec,
-        root: bool,
-        prepared: Prepared,
-    ) -> Result<NewTask, SpawnError> {
-        let Prepared {
-            id,
-            created: now,
-            created_at,
-            token,
-        } = prepared;
+    fn try_spawn(&mut self, prepared: Prepared, root: bool) -> Result<NewTask, SpawnError> {
         if self.shutting_down {
             return Err(SpawnError::ShuttingDown);
         }
-        if spec.agent.trim().is_empty() {
+        if prepared.agent().trim().is_empty() {
             return Err(SpawnError::InvalidSpec(
                 "the agent name is empty; name a configured agent",
             ));
@@ -358,60 +450,50 @@ impl State {
 
         // The parent decides depth, cancel scope and whether a slot can be
         // borrowed.
-        let (depth, token, lender) = match spec.parent {
-            // A parentless task is its own cancel scope; shutdown cancels
-            // every task by id.
-            None => (u32::from(!root), token.unwrap_or_default(), None),
-            Some(parent_id) => {
+        let (cell, lender) = match prepared {
+            Prepared::Parentless(cell) => (cell, None),
+            Prepared::Child {
+                parent: parent_id,
+                cell,
+                spec,
+            } => {
                 let parent = self
                     .tasks
                     .get(&parent_id)
                     .ok_or(SpawnError::UnknownParent(parent_id))?;
-                if parent.status != TaskStatus::Running {
+                let (status, holds_slot, lending) = {
+                    let life = parent.life.lock();
+                    (life.status, life.slot != Slot::None, life.lent_to.is_some())
+                };
+                if status != TaskStatus::Running {
                     return Err(SpawnError::ParentNotRunning {
                         parent: parent_id,
-                        status: parent.status,
+                        status,
                     });
                 }
-                let can_lend = !root
-                    && !spec.background
-                    && parent.slot != Slot::None
-                    && parent.lent_to.is_none();
-                let waits_for_lend = !root && !spec.background && parent.slot != Slot::None;
+                let waits_for_lend = !root && !spec.background && holds_slot;
+                let can_lend = waits_for_lend && !lending;
+                let depth = parent.depth.saturating_add(1);
+                let token = parent.token.child_token();
                 (
-                    parent.cell.depth.saturating_add(1),
-                    parent.cell.token.child_token(),
+                    TaskCell::new(cell, spec, root, depth, token),
                     waits_for_lend.then_some((parent_id, can_lend)),
                 )
             }
         };
 
-        let agent = spec.agent.clone();
+        let id = cell.id;
+        let now = cell.created;
+        let agent = &cell.agent;
         let max_concurrent = self.settings.max_concurrent();
         let queue_wait = self.settings.queue_wait();
-        let cell = Arc::new(TaskCell {
-            id,
-            agent: agent.clone(),
-            task: spec.task,
-            parent: spec.parent,
-            labels: spec.labels,
-            background: spec.background,
-            root,
-            depth,
-            created: now,
-            created_at,
-            token,
-            usage: Mutex::new(Usage::default()),
-            done: Notify::new(),
-            join: Mutex::new(None),
-        });
 
         let slot = if root {
             Some(Slot::None)
         } else if let Some((parent_id, true)) = lender {
             Some(Slot::Borrowed(parent_id))
         } else if self.slots_in_use < max_concurrent
-            && Self::agent_has_room(&self.agent_running, &self.agent_caps, &agent)
+            && Self::agent_has_room(&self.agent_running, &self.agent_caps, agent)
         {
             Some(Slot::Own)
         } else {
@@ -425,7 +507,7 @@ impl State {
                 } else if self.slots_in_use < max_concurrent {
                     SpawnError::AgentAtCapacity {
                         agent: agent.to_string(),
-                        max_concurrent: self.agent_caps.get(&agent).copied().unwrap_or(0),
+                        max_concurrent: self.agent_caps.get(agent).copied().unwrap_or(0),
                     }
                 } else {
                     SpawnError::AtCapacity { max_concurrent }
@@ -440,41 +522,31 @@ impl State {
 
         let seq = self.next_seq;
         self.next_seq += 1;
-        let mut entry = Entry {
-            cell: cell.clone(),
-            seq,
-            status: TaskStatus::Queued,
-            failure: None,
-            output: None,
-            started: None,
-            ended: None,
-            slot: Slot::None,
-            lent_to: None,
-            borrowers: VecDeque::new(),
-            admit: None,
-            delivered_at: None,
-        };
 
         let admission = match slot {
             Some(slot) => {
-                entry.status = TaskStatus::Running;
-                entry.started = Some(now);
-                entry.slot = slot;
+                {
+                    let mut life = cell.life.lock();
+                    life.seq = seq;
+                    life.status = TaskStatus::Running;
+                    life.started = Some(now);
+                    life.slot = slot;
+                }
                 match slot {
                     Slot::Own => self.slots_in_use += 1,
                     Slot::Borrowed(parent_id) => {
-                        if let Some(parent) = self.tasks.get_mut(&parent_id) {
-                            parent.lent_to = Some(id);
+                        if let Some(parent) = self.tasks.get(&parent_id) {
+                            parent.life.lock().lent_to = Some(id);
                         }
                     }
                     Slot::None => {}
                 }
-                self.tasks.insert(id, Box::new(entry));
+                self.tasks.insert(id, cell.clone());
                 if !root {
-                    self.note_started(&agent);
-                    self.emit(RegistryEvent::Started {
+                    self.note_started(agent);
+                    self.emit(|| RegistryEvent::Started {
                         task_id: id,
-                        agent,
+                        agent: cell.agent.clone(),
                         parent_id: cell.parent,
                         running: self.slots_in_use,
                         max_concurrent,
@@ -486,33 +558,33 @@ impl State {
             }
             None => {
                 let (sender, admitted) = oneshot::channel();
-                entry.admit = Some(sender);
-                self.tasks.insert(id, Box::new(entry));
+                {
+                    let mut life = cell.life.lock();
+                    life.seq = seq;
+                    life.admit = Some(sender);
+                }
+                self.tasks.insert(id, cell.clone());
                 let queue = self.queues.entry(agent.clone()).or_default();
-                queue.waiters.push_back((seq, id));
+                queue.waiters.push_back((seq, cell.clone()));
                 queue.live += 1;
                 self.n_queued += 1;
                 if let Some((parent_id, false)) = lender
-                    && let Some(parent) = self.tasks.get_mut(&parent_id)
+                    && let Some(parent) = self.tasks.get(&parent_id)
                 {
-                    let mut borrowers = std::mem::take(&mut parent.borrowers);
+                    let mut borrowers = std::mem::take(&mut parent.life.lock().borrowers);
                     if borrowers.len() >= 16 {
                         // Children that left the queue another way.
                         let tasks = &self.tasks;
                         borrowers.retain(|borrower| {
-                            tasks
-                                .get(borrower)
-                                .is_some_and(|entry| entry.status == TaskStatus::Queued)
+                            tasks.get(borrower).is_some_and(|cell| is_waiting(cell))
                         });
                     }
                     borrowers.push_back(id);
-                    if let Some(parent) = self.tasks.get_mut(&parent_id) {
-                        parent.borrowers = borrowers;
-                    }
+                    parent.life.lock().borrowers = borrowers;
                 }
-                self.emit(RegistryEvent::Queued {
+                self.emit(|| RegistryEvent::Queued {
                     task_id: id,
-                    agent,
+                    agent: cell.agent.clone(),
                     parent_id: cell.parent,
                     queued: self.n_queued,
                 });
@@ -527,7 +599,13 @@ impl State {
 
     fn note_started(&mut self, agent: &Arc<str>) {
         self.n_running_tasks += 1;
-        *self.agent_running.entry(agent.clone()).or_default() += 1;
+        // Looked up first, so the common case clones no name (see `emit`).
+        match self.agent_running.get_mut(agent) {
+            Some(running) => *running += 1,
+            None => {
+                self.agent_running.insert(agent.clone(), 1);
+            }
+        }
         self.load.record_started(agent);
     }
 
@@ -542,10 +620,7 @@ impl State {
             if queue.live == 0 {
                 self.queues.remove(agent);
             } else if queue.waiters.len() > 2 * queue.live + 32 {
-                let tasks = &self.tasks;
-                queue
-                    .waiters
-                    .retain(|(seq, id)| is_waiting(tasks, *id, *seq));
+                queue.waiters.retain(|(_, cell)| is_waiting(cell));
             }
         }
     }
@@ -554,23 +629,23 @@ impl State {
     /// eligible waiters run out.
     fn admit_waiters(&mut self) {
         while self.n_queued > 0 && self.slots_in_use < self.settings.max_concurrent() {
-            let Some(id) = self.pop_oldest_eligible() else {
+            let Some(cell) = self.pop_oldest_eligible() else {
                 break;
             };
             self.slots_in_use += 1;
-            self.admit_queued(id, Slot::Own);
+            self.admit_queued(&cell, Slot::Own);
         }
     }
 
     /// Removes and returns the oldest waiter whose agent has room.
-    fn pop_oldest_eligible(&mut self) -> Option<TaskId> {
+    fn pop_oldest_eligible(&mut self) -> Option<Arc<TaskCell>> {
         let mut best: Option<(u64, Arc<str>)> = None;
         for (agent, queue) in &mut self.queues {
             if !Self::agent_has_room(&self.agent_running, &self.agent_caps, agent) {
                 continue;
             }
-            while let Some(&(seq, id)) = queue.waiters.front() {
-                if is_waiting(&self.tasks, id, seq) {
+            while let Some((_, cell)) = queue.waiters.front() {
+                if is_waiting(cell) {
                     break;
                 }
                 queue.waiters.pop_front();
@@ -583,39 +658,38 @@ impl State {
         }
         let (_, agent) = best?;
         let queue = self.queues.get_mut(&agent)?;
-        let (_, id) = queue.waiters.pop_front()?;
+        let (_, cell) = queue.waiters.pop_front()?;
         queue.live = queue.live.saturating_sub(1);
         if queue.live == 0 {
             self.queues.remove(&agent);
         }
         self.n_queued = self.n_queued.saturating_sub(1);
-        Some(id)
+        Some(cell)
     }
 
     /// Marks a task that has just left the queue as running on `slot` and
     /// wakes its future. The caller has done the queue bookkeeping and the
     /// slot accounting.
-    fn admit_queued(&mut self, id: TaskId, slot: Slot) {
-        let Some(entry) = self.tasks.get_mut(&id) else {
-            return;
-        };
+    fn admit_queued(&mut self, cell: &TaskCell, slot: Slot) {
         let now = Instant::now();
-        entry.status = TaskStatus::Running;
-        entry.started = Some(now);
-        entry.slot = slot;
-        let queued_for = now.saturating_duration_since(entry.cell.created);
-        if let Some(admit) = entry.admit.take() {
+        let admit = {
+            let mut life = cell.life.lock();
+            life.status = TaskStatus::Running;
+            life.started = Some(now);
+            life.slot = slot;
+            life.admit.take()
+        };
+        let queued_for = now.saturating_duration_since(cell.created);
+        if let Some(admit) = admit {
             // The receiver is gone only if the task's future was dropped,
             // whose guard then settles the task; nothing to do here.
             let _ = admit.send(());
         }
-        let agent = entry.cell.agent.clone();
-        let parent_id = entry.cell.parent;
-        self.note_started(&agent);
-        self.emit(RegistryEvent::Started {
-            task_id: id,
-            agent,
-            parent_id,
+        self.note_started(&cell.agent);
+        self.emit(|| RegistryEvent::Started {
+            task_id: cell.id,
+            agent: cell.agent.clone(),
+            parent_id: cell.parent,
             running: self.slots_in_use,
             max_concurrent: self.settings.max_concurrent(),
             borrowed: matches!(slot, Slot::Borrowed(_)),
@@ -624,29 +698,27 @@ impl State {
     }
 
     /// A queued task's own future gave up waiting (deadline or cancel).
-    pub(crate) fn leave_queue(&mut self, id: TaskId, reason: LeaveReason) -> QueueExit {
-        let Some(entry) = self.tasks.get_mut(&id) else {
-            return QueueExit::Ended;
-        };
-        if entry.status != TaskStatus::Queued {
+    pub(crate) fn leave_queue(&mut self, cell: &Arc<TaskCell>, reason: LeaveReason) -> QueueExit {
+        let mut life = cell.life.lock();
+        if life.status != TaskStatus::Queued {
             // Admitted before this call got the lock (and perhaps cancelled
             // since): the run settles it. Otherwise it has already ended.
-            return if entry.started.is_some() && entry.ended.is_none() {
+            return if life.started.is_some() && life.ended.is_none() {
                 QueueExit::Admitted
             } else {
                 QueueExit::Ended
             };
         }
-        let agent = entry.cell.agent.clone();
-        entry.admit = None;
+        let agent = &cell.agent;
+        life.admit = None;
         match reason {
             LeaveReason::Cancelled => {
-                entry.status = TaskStatus::Cancelled;
+                life.status = TaskStatus::Cancelled;
             }
             LeaveReason::Deadline => {
-                let waited = Instant::now().saturating_duration_since(entry.cell.created);
-                let agent_cap = self.agent_caps.get(&agent).copied();
-                let agent_running = self.agent_running.get(&agent).copied().unwrap_or(0);
+                let waited = Instant::now().saturating_duration_since(cell.created);
+                let agent_cap = self.agent_caps.get(agent).copied();
+                let agent_running = self.agent_running.get(agent).copied().unwrap_or(0);
                 let message = match agent_cap {
                     Some(cap) if agent_running >= cap => format!(
                         "waited {} ms for a slot without getting one (agent `{agent}` already runs its maximum of {cap} tasks); raise that agent's max_concurrent or queue_wait_ms, or stop one of its tasks",
@@ -659,23 +731,26 @@ impl State {
                         self.slots_in_use,
                     ),
                 };
-                entry.status = TaskStatus::Failed;
-                entry.failure = Some(TaskFailure::new(FailureKind::QueueTimeout, message));
+                life.status = TaskStatus::Failed;
+                life.failure = Some(TaskFailure::new(FailureKind::QueueTimeout, message));
             }
         }
-        self.leave_queue_bookkeeping(&agent);
-        self.settle(id);
+        drop(life);
+        self.leave_queue_bookkeeping(&cell.agent);
+        self.settle(cell);
         QueueExit::Ended
     }
 
     // ----- cancel ---------------------------------------------------------
 
     pub(crate) fn cancel(&mut self, id: TaskId) -> Result<CancelOutcome, UnknownTask> {
-        let entry = self.tasks.get_mut(&id).ok_or(UnknownTask(id))?;
-        match entry.status {
+        let cell = self.tasks.get(&id).ok_or(UnknownTask(id))?.clone();
+        let mut life = cell.life.lock();
+        match life.status {
             TaskStatus::Queued => {
-                entry.cell.token.cancel();
-                self.leave_queue(id, LeaveReason::Cancelled);
+                drop(life);
+                cell.token.cancel();
+                self.leave_queue(&cell, LeaveReason::Cancelled);
                 Ok(CancelOutcome::Cancelled {
                     was: TaskStatus::Queued,
                 })
@@ -684,8 +759,9 @@ impl State {
                 // The status flips now, so a completion racing with this
                 // cancel cannot overwrite it; the task's future sees the
                 // token, drops its work and settles.
-                entry.status = TaskStatus::Cancelled;
-                entry.cell.token.cancel();
+                life.status = TaskStatus::Cancelled;
+                drop(life);
+                cell.token.cancel();
                 Ok(CancelOutcome::Cancelled {
                     was: TaskStatus::Running,
                 })
@@ -701,80 +777,84 @@ impl State {
     /// task's start phase had begun.
     pub(crate) fn finish(
         &mut self,
-        id: TaskId,
+        cell: &Arc<TaskCell>,
         outcome: Outcome,
         stop_event_wanted: bool,
     ) -> Option<SubagentStopEvent> {
-        let entry = self.tasks.get_mut(&id)?;
-        if entry.ended.is_some() {
-            return None;
-        }
-        if entry.status == TaskStatus::Running {
-            match outcome {
-                Outcome::Completed(text) => {
-                    entry.status = TaskStatus::Completed;
-                    entry.output = Some(text);
-                }
-                Outcome::Failed(failure) => {
-                    entry.status = TaskStatus::Failed;
-                    entry.failure = Some(failure);
-                }
-                Outcome::Cancelled => entry.status = TaskStatus::Cancelled,
+        {
+            let mut life = cell.life.lock();
+            if life.ended.is_some() {
+                return None;
             }
+            if life.status == TaskStatus::Running {
+                match outcome {
+                    Outcome::Completed(text) => {
+                        life.status = TaskStatus::Completed;
+                        life.output = Some(text);
+                    }
+                    Outcome::Failed(failure) => {
+                        life.status = TaskStatus::Failed;
+                        life.failure = Some(failure);
+                    }
+                    Outcome::Cancelled => life.status = TaskStatus::Cancelled,
+                }
+            }
+            // Otherwise a cancel got there first and its status stands.
         }
-        // Otherwise a cancel got there first and its status stands.
-        self.settle(id);
+        self.settle(cell);
         if !stop_event_wanted {
             return None;
         }
-        self.stop_event(id)
+        stop_event(cell)
     }
 
     /// The task's future was dropped before it settled: leave the queue or
     /// finish as cancelled.
     pub(crate) fn abandon(
         &mut self,
-        id: TaskId,
+        cell: &Arc<TaskCell>,
         stop_event_wanted: bool,
     ) -> Option<SubagentStopEvent> {
-        if self.tasks.get(&id)?.status == TaskStatus::Queued {
-            self.leave_queue(id, LeaveReason::Cancelled);
+        let queued = cell.life.lock().status == TaskStatus::Queued;
+        if queued {
+            self.leave_queue(cell, LeaveReason::Cancelled);
             return None;
         }
-        self.finish(id, Outcome::Cancelled, stop_event_wanted)
+        self.finish(cell, Outcome::Cancelled, stop_event_wanted)
     }
 
     /// Ends a task's life in the registry: end time, slot, load, retention,
     /// waiters. Its status must already be terminal.
-    fn settle(&mut self, id: TaskId) {
+    fn settle(&mut self, cell: &Arc<TaskCell>) {
         let now = Instant::now();
-        let Some(entry) = self.tasks.get_mut(&id) else {
-            return;
+        let id = cell.id;
+        let (slot, lent_to, run_time, status, failure_kind) = {
+            let mut life = cell.life.lock();
+            life.ended = Some(now);
+            life.borrowers.clear();
+            (
+                std::mem::replace(&mut life.slot, Slot::None),
+                life.lent_to.take(),
+                life.started
+                    .map(|started| now.saturating_duration_since(started)),
+                life.status,
+                life.failure.as_ref().map(|failure| failure.kind),
+            )
         };
-        entry.ended = Some(now);
-        let slot = std::mem::replace(&mut entry.slot, Slot::None);
-        let lent_to = entry.lent_to.take();
-        entry.borrowers.clear();
-        let was_running = entry.started.is_some() && !entry.cell.root;
-        let run_time = entry
-            .started
-            .map(|started| now.saturating_duration_since(started));
-        let status = entry.status;
-        let failure_kind = entry.failure.as_ref().map(|failure| failure.kind);
-        let cell = entry.cell.clone();
+        let was_running = run_time.is_some() && !cell.root;
 
         match (slot, lent_to) {
             (Slot::None, _) => {}
             // The slot is with a foreground child that outlives us: it
             // becomes the child's, on the same terms we held it.
             (slot, Some(child_id)) => {
-                if let Some(child) = self.tasks.get_mut(&child_id) {
-                    child.slot = slot;
+                if let Some(child) = self.tasks.get(&child_id) {
+                    child.life.lock().slot = slot;
                 }
                 if let Slot::Borrowed(lender_id) = slot
-                    && let Some(lender) = self.tasks.get_mut(&lender_id)
+                    && let Some(lender) = self.tasks.get(&lender_id)
                 {
-                    lender.lent_to = Some(child_id);
+                    lender.life.lock().lent_to = Some(child_id);
                 }
             }
             (Slot::Own, None) => {
@@ -802,7 +882,7 @@ impl State {
             self.load.record_finished(&cell.agent, outcome, window);
         }
 
-        self.finished_order.push_back(id);
+        self.finished_order.push_back(cell.clone());
         self.n_undelivered += 1;
         let inbox = self.inboxes.entry(cell.parent).or_default();
         inbox.finished.push(id);
@@ -810,17 +890,22 @@ impl State {
         if inbox.finished.len() > 2 * inbox.undelivered + 32 {
             // Ids delivered by waits pile up while one result stays unread.
             let tasks = &self.tasks;
-            inbox.finished.retain(|id| is_undelivered(tasks, *id));
+            inbox
+                .finished
+                .retain(|id| tasks.get(id).is_some_and(|cell| is_undelivered(cell)));
         }
         // A parent that failed or was cancelled reads no more results: this
         // one is settled as delivered, with nobody left to receive it.
         if let Some(parent) = cell.parent
             && self.tasks.get(&parent).is_some_and(|parent| {
-                matches!(parent.status, TaskStatus::Failed | TaskStatus::Cancelled)
+                matches!(
+                    parent.life.lock().status,
+                    TaskStatus::Failed | TaskStatus::Cancelled
+                )
             })
         {
             // Nobody reads it; its handle, if any, is dropped at once.
-            drop(self.deliver(id, now));
+            drop(self.deliver(cell, now));
         }
 
         if status != TaskStatus::Completed {
@@ -834,12 +919,14 @@ impl State {
                 .get(&Some(id))
                 .map(|inbox| inbox.finished.clone())
                 .unwrap_or_default();
-            for child in unread {
-                drop(self.deliver(child, now));
+            for child_id in unread {
+                if let Some(child) = self.tasks.get(&child_id).cloned() {
+                    drop(self.deliver(&child, now));
+                }
             }
         }
         if !cell.root {
-            self.emit(RegistryEvent::Finished {
+            self.emit(|| RegistryEvent::Finished {
                 task_id: id,
                 agent: cell.agent.clone(),
                 parent_id: cell.parent,
@@ -855,33 +942,26 @@ impl State {
     /// A borrowed slot comes back to `lender_id`: it goes to the lender's
     /// next queued foreground child, or back to the lender.
     fn return_slot(&mut self, lender_id: TaskId) {
-        let Some(lender) = self.tasks.get_mut(&lender_id) else {
+        let Some(lender) = self.tasks.get(&lender_id).cloned() else {
             // The lender is gone (cannot happen: a settling lender passes its
             // slot on); free the slot rather than leak it.
             self.slots_in_use = self.slots_in_use.saturating_sub(1);
             return;
         };
-        lender.lent_to = None;
+        lender.life.lock().lent_to = None;
         loop {
-            let Some(borrower_id) = self
-                .tasks
-                .get_mut(&lender_id)
-                .and_then(|lender| lender.borrowers.pop_front())
-            else {
+            let Some(borrower_id) = lender.life.lock().borrowers.pop_front() else {
                 return;
             };
-            let Some(borrower) = self.tasks.get(&borrower_id) else {
+            let Some(borrower) = self.tasks.get(&borrower_id).cloned() else {
                 continue;
             };
-            if borrower.status != TaskStatus::Queued {
+            if !is_waiting(&borrower) {
                 continue;
             }
-            let agent = borrower.cell.agent.clone();
-            if let Some(lender) = self.tasks.get_mut(&lender_id) {
-                lender.lent_to = Some(borrower_id);
-            }
-            self.leave_queue_bookkeeping(&agent);
-            self.admit_queued(borrower_id, Slot::Borrowed(lender_id));
+            lender.life.lock().lent_to = Some(borrower_id);
+            self.leave_queue_bookkeeping(&borrower.agent);
+            self.admit_queued(&borrower, Slot::Borrowed(lender_id));
             return;
         }
     }
@@ -908,28 +988,24 @@ impl State {
             self.tasks.remove(&id);
         }
         while self.n_finished() > max_finished {
-            let Some(id) = self.finished_order.pop_front() else {
+            let Some(cell) = self.finished_order.pop_front() else {
                 break;
             };
-            if !is_undelivered(&self.tasks, id) {
+            if !is_undelivered(&cell) || self.tasks.remove(&cell.id).is_none() {
                 continue;
             }
-            let Some(entry) = self.tasks.remove(&id) else {
-                continue;
-            };
             self.n_undelivered = self.n_undelivered.saturating_sub(1);
-            self.note_left_inbox(entry.cell.parent);
+            self.note_left_inbox(cell.parent);
             self.counters.evicted_undelivered += 1;
             tracing::warn!(
-                task_id = %id,
-                agent = %entry.cell.agent,
+                task_id = %cell.id,
+                agent = %cell.agent,
                 max_finished,
                 "evicted a finished task whose result was never read; raise max_finished or collect results sooner"
             );
         }
         if self.finished_order.len() > 2 * self.n_undelivered + 64 {
-            let tasks = &self.tasks;
-            self.finished_order.retain(|id| is_undelivered(tasks, *id));
+            self.finished_order.retain(|cell| is_undelivered(cell));
         }
     }
 
@@ -946,17 +1022,18 @@ impl State {
 
     /// Marks a finished task's result as handed over and lets go of its
     /// join handle, returned for the caller to drop (see [`TaskCell::join`]).
-    /// `None` when the result was not there to deliver: unknown, not
-    /// finished, or already delivered.
-    fn deliver(&mut self, id: TaskId, now: Instant) -> Option<Option<JoinHandle<()>>> {
-        let entry = self.tasks.get_mut(&id)?;
-        if entry.ended.is_none() || entry.delivered_at.is_some() {
-            return None;
+    /// `None` when the result was not there to deliver: not finished, or
+    /// already delivered.
+    fn deliver(&mut self, cell: &TaskCell, now: Instant) -> Option<Option<JoinHandle<()>>> {
+        {
+            let mut life = cell.life.lock();
+            if life.ended.is_none() || life.delivered_at.is_some() {
+                return None;
+            }
+            life.delivered_at = Some(now);
         }
-        entry.delivered_at = Some(now);
-        let parent = entry.cell.parent;
-        let join = entry.cell.join.lock().take();
-        self.note_delivered(id, parent, now);
+        let join = cell.join.lock().take();
+        self.note_delivered(cell.id, cell.parent, now);
         Some(join)
     }
 
@@ -971,17 +1048,19 @@ impl State {
     /// finished, its cell to wait on.
     pub(crate) fn collect(&mut self, id: TaskId) -> Result<Collected, UnknownTask> {
         // One table lookup: this is the hot path of every collecting wait.
-        let entry = self.tasks.get_mut(&id).ok_or(UnknownTask(id))?;
-        if entry.ended.is_none() {
-            return Ok(Collected::Pending(entry.cell.clone()));
+        let cell = self.tasks.get(&id).ok_or(UnknownTask(id))?;
+        let mut life = cell.life.lock();
+        if life.ended.is_none() {
+            return Ok(Collected::Pending(cell.clone()));
         }
         let now = Instant::now();
-        let newly_delivered = entry.delivered_at.is_none();
+        let newly_delivered = life.delivered_at.is_none();
         if newly_delivered {
-            entry.delivered_at = Some(now);
+            life.delivered_at = Some(now);
         }
-        let task = snapshot_of(id, entry, now);
-        let join = entry.cell.join.lock().take();
+        let task = snapshot_of(cell, &life, now);
+        drop(life);
+        let join = cell.join.lock().take();
         if newly_delivered {
             self.note_delivered(id, task.parent_id, now);
         }
@@ -1008,13 +1087,15 @@ impl State {
         let mut taken = Vec::with_capacity(inbox.undelivered);
         let mut joins = Vec::with_capacity(inbox.undelivered);
         for id in inbox.finished {
-            let Some(join) = self.deliver(id, now) else {
+            // Evicted ones are gone from the table, and so not handed over.
+            let Some(cell) = self.tasks.get(&id).cloned() else {
+                continue;
+            };
+            let Some(join) = self.deliver(&cell, now) else {
                 continue;
             };
             joins.extend(join);
-            if let Some(snapshot) = self.snapshot(id, now) {
-                taken.push(snapshot);
-            }
+            taken.push(snapshot_of(&cell, &cell.life.lock(), now));
         }
         self.evict(now);
         (taken, joins)
@@ -1023,66 +1104,35 @@ impl State {
     // ----- reading ----------------------------------------------------------
 
     pub(crate) fn snapshot(&self, id: TaskId, now: Instant) -> Option<TaskSnapshot> {
-        self.tasks.get(&id).map(|entry| snapshot_of(id, entry, now))
+        self.tasks
+            .get(&id)
+            .map(|cell| snapshot_of(cell, &cell.life.lock(), now))
     }
 
     pub(crate) fn list(&mut self, filter: &TaskFilter) -> Vec<TaskSnapshot> {
         let now = Instant::now();
         self.evict(now);
-        let mut matching: Vec<(u64, TaskId)> = self
+        let mut matching: Vec<(u64, &Arc<TaskCell>)> = self
             .tasks
-            .iter()
-            .filter(|(_, entry)| filter.matches(entry.status, entry.cell.parent, &entry.cell.agent))
-            .map(|(id, entry)| (entry.seq, *id))
+            .values()
+            .filter_map(|cell| {
+                let life = cell.life.lock();
+                filter
+                    .matches(life.status, cell.parent, &cell.agent)
+                    .then_some((life.seq, cell))
+            })
             .collect();
-        matching.sort_unstable();
+        matching.sort_unstable_by_key(|(seq, _)| *seq);
         matching
             .into_iter()
-            .filter_map(|(_, id)| self.snapshot(id, now))
+            .map(|(_, cell)| snapshot_of(cell, &cell.life.lock(), now))
             .collect()
     }
 
-    pub(crate) fn start_event(&self, id: TaskId) -> Option<SubagentStartEvent> {
-        Some(SubagentStartEvent {
-            task: self.hook_task(id)?,
-        })
-    }
-
-    fn stop_event(&self, id: TaskId) -> Option<SubagentStopEvent> {
-        let entry = self.tasks.get(&id)?;
-        let ended = entry.ended?;
-        let duration = entry
-            .started
-            .map(|started| ended.saturating_duration_since(started))
-            .unwrap_or_default();
-        Some(SubagentStopEvent {
-            task: self.hook_task(id)?,
-            status: entry.status,
-            error: entry.failure.clone(),
-            output: entry.output.clone(),
-            duration,
-            usage: *entry.cell.usage.lock(),
-            ended_at: entry.cell.created_at + ended.saturating_duration_since(entry.cell.created),
-        })
-    }
-
-    fn hook_task(&self, id: TaskId) -> Option<HookTask> {
-        let entry = self.tasks.get(&id)?;
-        let cell = &entry.cell;
-        Some(HookTask {
-            id,
-            parent_id: cell.parent,
-            agent: cell.agent.clone(),
-            labels: cell.labels.clone(),
-            text: cell.task.clone(),
-            depth: cell.depth,
-            background: cell.background,
-            created_at: cell.created_at,
-            queued_for: entry
-                .started
-                .map(|started| started.saturating_duration_since(cell.created))
-                .unwrap_or_default(),
-        })
+    pub(crate) fn start_event(&self, cell: &TaskCell) -> SubagentStartEvent {
+        SubagentStartEvent {
+            task: hook_task(cell, &cell.life.lock()),
+        }
     }
 
     pub(crate) fn stats(&self) -> crate::RegistryStats {
@@ -1111,22 +1161,22 @@ impl State {
 
     pub(crate) fn emit_hook_failure(&mut self, event: RegistryEvent) {
         self.counters.hook_failures += 1;
-        self.emit(event);
+        self.emit(|| event);
     }
 
     /// Whether the task's join handle is still kept (see [`TaskCell::join`]).
     #[cfg(test)]
     pub(crate) fn keeps_join_handle(&self, id: TaskId) -> Option<bool> {
-        let entry = self.tasks.get(&id)?;
-        Some(entry.cell.join.lock().is_some())
+        let cell = self.tasks.get(&id)?;
+        Some(cell.join.lock().is_some())
     }
 
     /// Every task id still queued or running, for shutdown.
     pub(crate) fn active_ids(&self) -> Vec<TaskId> {
         self.tasks
-            .iter()
-            .filter(|(_, entry)| entry.ended.is_none())
-            .map(|(id, _)| *id)
+            .values()
+            .filter(|cell| cell.life.lock().ended.is_none())
+            .map(|cell| cell.id)
             .collect()
     }
 }
@@ -1138,12 +1188,47 @@ pub(crate) enum LeaveReason {
     Deadline,
 }
 
-fn snapshot_of(id: TaskId, entry: &Entry, now: Instant) -> TaskSnapshot {
-    let cell = &entry.cell;
+/// The stop event of a task that has settled.
+fn stop_event(cell: &TaskCell) -> Option<SubagentStopEvent> {
+    let life = cell.life.lock();
+    let ended = life.ended?;
+    let duration = life
+        .started
+        .map(|started| ended.saturating_duration_since(started))
+        .unwrap_or_default();
+    Some(SubagentStopEvent {
+        task: hook_task(cell, &life),
+        status: life.status,
+        error: life.failure.clone(),
+        output: life.output.clone(),
+        duration,
+        usage: *cell.usage.lock(),
+        ended_at: cell.created_at + ended.saturating_duration_since(cell.created),
+    })
+}
+
+fn hook_task(cell: &TaskCell, life: &Life) -> HookTask {
+    HookTask {
+        id: cell.id,
+        parent_id: cell.parent,
+        agent: cell.agent.clone(),
+        labels: cell.labels.clone(),
+        text: cell.task.clone(),
+        depth: cell.depth,
+        background: cell.background,
+        created_at: cell.created_at,
+        queued_for: life
+            .started
+            .map(|started| started.saturating_duration_since(cell.created))
+            .unwrap_or_default(),
+    }
+}
+
+fn snapshot_of(cell: &TaskCell, life: &Life, now: Instant) -> TaskSnapshot {
     let at = |instant: Instant| cell.created_at + instant.saturating_duration_since(cell.created);
-    let queue_end = entry.started.or(entry.ended).unwrap_or(now);
+    let queue_end = life.started.or(life.ended).unwrap_or(now);
     TaskSnapshot {
-        id,
+        id: cell.id,
         parent_id: cell.parent,
         agent: cell.agent.clone(),
         labels: cell.labels.clone(),
@@ -1151,33 +1236,28 @@ fn snapshot_of(id: TaskId, entry: &Entry, now: Instant) -> TaskSnapshot {
         depth: cell.depth,
         background: cell.background,
         root: cell.root,
-        status: entry.status,
-        failure: entry.failure.clone(),
-        output: entry.output.clone(),
+        status: life.status,
+        failure: life.failure.clone(),
+        output: life.output.clone(),
         usage: *cell.usage.lock(),
         created_at: cell.created_at,
-        started_at: entry.started.map(at),
-        ended_at: entry.ended.map(at),
+        started_at: life.started.map(at),
+        ended_at: life.ended.map(at),
         queued_for: queue_end.saturating_duration_since(cell.created),
-        run_time: entry.started.map(|started| {
-            entry
-                .ended
-                .unwrap_or(now)
-                .saturating_duration_since(started)
-        }),
-        delivered: entry.delivered_at.is_some(),
+        run_time: life
+            .started
+            .map(|started| life.ended.unwrap_or(now).saturating_duration_since(started)),
+        delivered: life.delivered_at.is_some(),
     }
 }
 
-/// Whether `id` is a finished task whose result has not been handed over.
-fn is_undelivered(tasks: &FxHashMap<TaskId, Box<Entry>>, id: TaskId) -> bool {
-    tasks
-        .get(&id)
-        .is_some_and(|entry| entry.ended.is_some() && entry.delivered_at.is_none())
+/// Whether the task has finished and its result has not been handed over.
+fn is_undelivered(cell: &TaskCell) -> bool {
+    let life = cell.life.lock();
+    life.ended.is_some() && life.delivered_at.is_none()
 }
 
-fn is_waiting(tasks: &FxHashMap<TaskId, Box<Entry>>, id: TaskId, seq: u64) -> bool {
-    tasks
-        .get(&id)
-        .is_some_and(|entry| entry.seq == seq && entry.status == TaskStatus::Queued)
+/// Whether the task is still waiting in the queue.
+fn is_waiting(cell: &TaskCell) -> bool {
+    cell.life.lock().status == TaskStatus::Queued
 }

@@ -103,7 +103,7 @@ impl TaskContext {
 /// task still gets its stop hooks when a runtime is there to run them.
 pub(crate) struct SettleGuard {
     registry: Registry,
-    id: TaskId,
+    cell: Arc<TaskCell>,
     start_began: bool,
     armed: bool,
 }
@@ -113,7 +113,7 @@ impl Drop for SettleGuard {
         if !self.armed {
             return;
         }
-        let stop = self.registry.abandon(self.id, self.start_began);
+        let stop = self.registry.abandon(&self.cell, self.start_began);
         if let Some(event) = stop
             && tokio::runtime::Handle::try_current().is_ok()
         {
@@ -128,10 +128,10 @@ impl Drop for SettleGuard {
 impl SettleGuard {
     /// Made synchronously by the spawn, before the task's future exists, so
     /// even a future dropped unpolled (its runtime shutting down) settles.
-    pub(crate) fn new(registry: Registry, id: TaskId) -> Self {
+    pub(crate) fn new(registry: Registry, cell: Arc<TaskCell>) -> Self {
         Self {
             registry,
-            id,
+            cell,
             start_began: false,
             armed: true,
         }
@@ -140,7 +140,6 @@ impl SettleGuard {
 
 /// A queued task: waits for its slot, its deadline or a cancel, then runs.
 pub(crate) async fn run_queued<F, Fut>(
-    cell: Arc<TaskCell>,
     admitted: oneshot::Receiver<()>,
     deadline: Instant,
     time_limit: Option<Duration>,
@@ -150,19 +149,19 @@ pub(crate) async fn run_queued<F, Fut>(
     F: FnOnce(TaskContext) -> Fut + Send + 'static,
     Fut: Future<Output = Result<String, TaskFailure>> + Send + 'static,
 {
-    let id = cell.id;
-    // The guard's registry is the one the task uses, so the task holds
-    // one reference instead of two.
+    // The guard's registry and cell are the ones the task uses, so the
+    // task holds one reference to each instead of two.
     let registry = &guard.registry;
+    let cell = &guard.cell;
     let exit = tokio::select! {
         biased;
         handed_over = admitted => match handed_over {
             Ok(()) => QueueExit::Admitted,
             // Dropped by a cancel, which already settled the task.
-            Err(_) => registry.leave_queue(id, LeaveReason::Cancelled),
+            Err(_) => registry.leave_queue(cell, LeaveReason::Cancelled),
         },
-        () = cell.token.cancelled() => registry.leave_queue(id, LeaveReason::Cancelled),
-        () = tokio::time::sleep_until(deadline) => registry.leave_queue(id, LeaveReason::Deadline),
+        () = cell.token.cancelled() => registry.leave_queue(cell, LeaveReason::Cancelled),
+        () = tokio::time::sleep_until(deadline) => registry.leave_queue(cell, LeaveReason::Deadline),
     };
     if exit == QueueExit::Ended {
         guard.armed = false;
@@ -170,13 +169,12 @@ pub(crate) async fn run_queued<F, Fut>(
     }
     // The rest lives in its own allocation, made only once a slot is held,
     // so a queued task costs little more than its waiting state.
-    Box::pin(run_admitted(cell, time_limit, work, guard)).await;
+    Box::pin(run_admitted(time_limit, work, guard)).await;
 }
 
 /// A task that holds its slot (or needs none): start hooks, work, settle,
 /// stop hooks.
 pub(crate) async fn run_admitted<F, Fut>(
-    cell: Arc<TaskCell>,
     time_limit: Option<Duration>,
     work: F,
     mut guard: SettleGuard,
@@ -184,10 +182,10 @@ pub(crate) async fn run_admitted<F, Fut>(
     F: FnOnce(TaskContext) -> Fut + Send + 'static,
     Fut: Future<Output = Result<String, TaskFailure>> + Send + 'static,
 {
-    let id = cell.id;
     let registry = &guard.registry;
+    let cell = &guard.cell;
     if cell.token.is_cancelled() {
-        registry.finish(id, Outcome::Cancelled, false);
+        registry.finish(cell, Outcome::Cancelled, false);
         guard.armed = false;
         return;
     }
@@ -198,7 +196,7 @@ pub(crate) async fn run_admitted<F, Fut>(
     // inline, their futures made every task's future, and the allocation
     // each spawn makes for it, more than twice as large.
     let start = if guard.start_began && registry.hooks().has_start_hooks() {
-        Box::pin(start_phase(registry, &cell)).await
+        Box::pin(start_phase(registry, cell)).await
     } else {
         StartPhase::Allowed(None)
     };
@@ -221,7 +219,7 @@ pub(crate) async fn run_admitted<F, Fut>(
     };
 
     let wants_stop = guard.start_began && registry.hooks().has_stop_hooks();
-    let stop = registry.finish(id, outcome, wants_stop);
+    let stop = registry.finish(cell, outcome, wants_stop);
     guard.armed = false;
     if let Some(event) = stop {
         // The event moves into the box, so it takes no room in this future.
@@ -244,9 +242,7 @@ enum StartPhase {
 /// task still gets its SubagentStop, since its start phase began).
 async fn start_phase(registry: &Registry, cell: &TaskCell) -> StartPhase {
     let id = cell.id;
-    let Some(event) = registry.start_event(id) else {
-        return StartPhase::Allowed(None);
-    };
+    let event = registry.start_event(cell);
     let report = |failure| registry.report_hook_failure(id, failure);
     let verdict = tokio::select! {
         biased;
