@@ -56,6 +56,9 @@ pub struct Agent {
     pub(crate) time_limit: Option<Duration>,
     pub(crate) token_budget: Option<u64>,
     pub(crate) subagents: Subagents,
+    /// Set by [`AgentBuilder::build`]: an agent never changes after it,
+    /// and every spawn needs them.
+    labels: TaskLabels,
 }
 
 impl fmt::Debug for Agent {
@@ -98,6 +101,7 @@ impl Agent {
                 time_limit: None,
                 token_budget: None,
                 subagents: Subagents::None,
+                labels: TaskLabels::default(),
             },
         }
     }
@@ -157,11 +161,7 @@ impl Agent {
     /// The provider and model labels its tasks carry into events, hooks
     /// and metrics (and that billing prices them by).
     pub fn labels(&self) -> TaskLabels {
-        TaskLabels {
-            provider: Some(self.provider.name().into()),
-            provider_kind: Some(self.provider.kind().as_str().into()),
-            model: Some(self.model().into()),
-        }
+        self.labels.clone()
     }
 
     /// How the selector sees it.
@@ -293,7 +293,7 @@ impl AgentBuilder {
     /// zero cap, limit or budget, a temperature out of range, or a tool that
     /// is nameless, named twice or named like a task tool.
     pub fn build(self) -> Result<Agent, AgentError> {
-        let agent = self.agent;
+        let mut agent = self.agent;
         let mut problems = Vec::new();
         let name = agent.name.trim();
         if name.is_empty() {
@@ -352,6 +352,11 @@ impl AgentBuilder {
             seen.push(tool_name);
         }
         if problems.is_empty() {
+            agent.labels = TaskLabels {
+                provider: Some(agent.provider.name().into()),
+                provider_kind: Some(agent.provider.kind().as_str().into()),
+                model: Some(agent.model().into()),
+            };
             Ok(agent)
         } else {
             Err(AgentError {

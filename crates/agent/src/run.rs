@@ -39,12 +39,12 @@ struct RunTasks {
 }
 
 impl RunShared {
-    /// Shared state for a task with no run around it (started by a host
-    /// with `Runtime::spawn_task`): nobody reads its events, so nothing
-    /// waits on a reader.
-    pub(crate) fn detached() -> Arc<Self> {
-        let (events, _) = mpsc::unbounded_channel();
-        let (flush, _) = mpsc::unbounded_channel();
+    /// Shared state that sends its events and flush requests to these
+    /// channels, with no usage and no tasks yet.
+    fn new(
+        events: mpsc::UnboundedSender<RunEvent>,
+        flush: mpsc::UnboundedSender<oneshot::Sender<()>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             events,
             flush,
@@ -52,6 +52,15 @@ impl RunShared {
             tasks: Mutex::new(RunTasks::default()),
             root_turns: AtomicU32::new(0),
         })
+    }
+
+    /// Shared state for a task with no run around it (started by a host
+    /// with `Runtime::spawn_task`): nobody reads its events, so nothing
+    /// waits on a reader.
+    pub(crate) fn detached() -> Arc<Self> {
+        let (events, _) = mpsc::unbounded_channel();
+        let (flush, _) = mpsc::unbounded_channel();
+        Self::new(events, flush)
     }
 
     /// Sends an event; a reader that went away is not an error.
@@ -146,13 +155,7 @@ impl RunHandle {
     ) -> Result<Self, RunError> {
         let (sender, events) = mpsc::unbounded_channel();
         let (flush, flush_requests) = mpsc::unbounded_channel();
-        let shared = Arc::new(RunShared {
-            events: sender,
-            flush,
-            usage: Mutex::new(Usage::default()),
-            tasks: Mutex::new(RunTasks::default()),
-            root_turns: AtomicU32::new(0),
-        });
+        let shared = RunShared::new(sender, flush);
         let registry = runtime.registry.clone();
         // Subscribed before the root exists, so no event of the run is missed.
         let registry_events = registry.subscribe();

@@ -141,6 +141,15 @@ pub(crate) fn spec_for(agent: &Agent, task: String) -> TaskSpec {
     spec
 }
 
+/// The task text with `context` appended under `heading`, or as it is when
+/// the context is missing or blank.
+pub(crate) fn with_context(task: String, heading: &str, context: Option<&str>) -> String {
+    match context.map(str::trim) {
+        Some(context) if !context.is_empty() => format!("{task}\n\n{heading}:\n{context}"),
+        _ => task,
+    }
+}
+
 /// Agents, the registry that admits their sub-agents, and the limits of
 /// delegation. Cheap to clone.
 ///
@@ -281,10 +290,7 @@ impl Runtime {
         if task.trim().is_empty() {
             return Err(RunError::EmptyPrompt);
         }
-        let text = match options.context.as_deref().map(str::trim) {
-            Some(context) if !context.is_empty() => format!("{task}\n\nContext:\n{context}"),
-            _ => task.to_owned(),
-        };
+        let text = with_context(task.to_owned(), "Context", options.context.as_deref());
         let spec = spec_for(&agent, text.clone()).background(true);
         let max_turns = options.max_turns.unwrap_or(agent.max_turns);
         let on_finish = self.inner.limits.on_finish.for_sub_agents();

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::agent::Agent;
 use crate::agent_loop::AgentRun;
 use crate::format::{millis, window};
-use crate::runtime::RuntimeInner;
+use crate::runtime::{RuntimeInner, with_context};
 use crate::tool::ToolError;
 
 /// Launches a sub-agent.
@@ -202,15 +202,11 @@ async fn spawn_agent(caller: &AgentRun, args: SpawnArgs) -> Result<Value, ToolEr
         None | Some(0) => agent.max_turns,
         Some(asked) => asked.min(agent.max_turns),
     };
-    let task = match args.context.as_deref().map(str::trim) {
-        Some(context) if !context.is_empty() => {
-            format!(
-                "{}\n\nContext from the calling agent:\n{context}",
-                args.task
-            )
-        }
-        _ => args.task,
-    };
+    let task = with_context(
+        args.task,
+        "Context from the calling agent",
+        args.context.as_deref(),
+    );
     let spawned = caller
         .spawn_child(agent.clone(), task, background, max_turns)
         .map_err(|error| refusal(kind, &error))?;

@@ -1,23 +1,23 @@
 //! The HTTP API of `deputy serve`: routes, their JSON, and errors in one
 //! shape, `{"error": {"code": "...", "message": "..."}}`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use deputy_agent::{RunError, RunOutput, RunReport, Runtime, TaskOptions};
+use deputy_agent::{RunError, Runtime, TaskOptions, TaskSummary};
 use deputy_hooks::Metrics;
 use deputy_registry::{
-    CancelOutcome, RawSubagentSettings, SelectionRequest, SpawnError, TaskFilter, TaskId,
+    CancelOutcome, RawSubagentSettings, Registry, SelectionRequest, SpawnError, TaskFilter, TaskId,
     TaskSnapshot, TaskStatus,
 };
 use futures::{Stream, StreamExt as _};
@@ -28,6 +28,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::reload::ReloadStatus;
+use crate::run_cmd::Ended;
 
 /// How many finished runs are remembered; the oldest go first.
 const MAX_RUNS: usize = 1000;
@@ -64,16 +65,17 @@ struct RunEntry {
     agent: String,
     prompt: String,
     created_at: SystemTime,
-    result: watch::Receiver<Option<RunResult>>,
+    /// `None` while the run goes on.
+    result: watch::Receiver<Option<Ended>>,
 }
 
-/// A finished run: its answer or error, and what it did.
-#[derive(Clone)]
-struct RunResult {
-    status: &'static str,
-    answer: Option<String>,
-    error: Option<String>,
-    report: RunReport,
+impl Runs {
+    fn running(&self) -> usize {
+        self.by_id
+            .values()
+            .filter(|run| run.result.borrow().is_none())
+            .count()
+    }
 }
 
 impl AppState {
@@ -144,6 +146,14 @@ impl ApiError {
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
+
+    fn unknown_task(id: TaskId) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown_task",
+            format!("no task {id}; GET /v1/tasks lists the tasks the server holds"),
+        )
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -179,29 +189,25 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-async fn require_token(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(token) = &state.inner.token else {
         return next.run(request).await;
     };
-    let given = headers
+    let authorized = request
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match given {
-        Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => {
-            next.run(request).await
-        }
-        _ => ApiError::new(
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()));
+    if authorized {
+        next.run(request).await
+    } else {
+        ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "send the server's token as `Authorization: Bearer <token>`",
         )
-        .into_response(),
+        .into_response()
     }
 }
 
@@ -211,7 +217,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn rfc3339(time: SystemTime) -> String {
+pub(crate) fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
@@ -268,20 +274,21 @@ async fn create_task(
         )));
     }
     let runtime = &state.inner.runtime;
-    let agent = match body.agent.as_deref() {
-        Some(name) if name != "auto" && !name.is_empty() => name.to_owned(),
-        _ => {
+    let request = SelectionRequest {
+        agent: body.agent.as_deref(),
+        task: &body.task,
+        required_capabilities: &[],
+    };
+    // The selector's own reading of the name, so "AUTO" or " " pick too.
+    let agent = match request.named() {
+        Some(name) => name.to_owned(),
+        None => {
             let agents = runtime.agents();
             let workers: Vec<_> = agents
                 .iter()
                 .filter(|agent| **agent.name() != *state.inner.orchestrator || agents.len() == 1)
                 .map(|agent| agent.candidate())
                 .collect();
-            let request = SelectionRequest {
-                agent: None,
-                task: &body.task,
-                required_capabilities: &[],
-            };
             runtime
                 .registry()
                 .select_agent(&request, &workers)
@@ -382,16 +389,14 @@ async fn get_task(
     let Query(query) = query?;
     let id = parse_id(&id)?;
     let registry = state.inner.runtime.registry();
-    let unknown = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_task",
-            format!("no task {id}"),
-        )
-    };
     let waited = if query.wait {
+        // Says when a long wait began; tests also read it to know the
+        // request is in.
+        tracing::debug!(task = %id, "waiting for the task to finish");
         tokio::select! {
-            waited = registry.wait(id, Some(query.limit())) => Some(waited.map_err(|_| unknown())?.task),
+            waited = registry.wait(id, Some(query.limit())) => {
+                Some(waited.map_err(|_| ApiError::unknown_task(id))?.task)
+            }
             () = state.inner.stopping.cancelled() => None,
         }
     } else {
@@ -399,7 +404,7 @@ async fn get_task(
     };
     let task = match waited {
         Some(task) => task,
-        None => registry.get(id).ok_or_else(unknown)?,
+        None => registry.get(id).ok_or_else(|| ApiError::unknown_task(id))?,
     };
     Ok(Json(task_json(&task, true)))
 }
@@ -422,7 +427,7 @@ async fn cancel_task(
             })),
         )
             .into_response()),
-        Err(_) => Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_task", format!("no task {id}")).into_response()),
+        Err(_) => Err(ApiError::unknown_task(id).into_response()),
     }
 }
 
@@ -438,14 +443,13 @@ async fn create_run(
     body: Result<Json<CreateRun>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(body) = body?;
-    let running = state
-        .inner
-        .runs
-        .lock()
-        .by_id
-        .values()
-        .filter(|run| run.result.borrow().is_none())
-        .count();
+    let agent = body
+        .agent
+        .unwrap_or_else(|| state.inner.orchestrator.clone());
+    // One guard over the count, the start and the insert, so concurrent
+    // requests cannot all pass the cap; `start` only spawns, it never waits.
+    let mut runs = state.inner.runs.lock();
+    let running = runs.running();
     if running >= MAX_RUNNING_RUNS {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -455,9 +459,6 @@ async fn create_run(
             ),
         ));
     }
-    let agent = body
-        .agent
-        .unwrap_or_else(|| state.inner.orchestrator.clone());
     let handle = state
         .inner
         .runtime
@@ -466,33 +467,9 @@ async fn create_run(
     let run_id = handle.run_id();
     let (sender, result) = watch::channel(None);
     tokio::spawn(async move {
-        let outcome = match handle.finish().await {
-            Ok(RunOutput { answer, report }) => RunResult {
-                status: "completed",
-                answer: Some(answer),
-                error: None,
-                report,
-            },
-            Err(RunError::Failed { failure, report }) => RunResult {
-                status: "failed",
-                answer: None,
-                error: Some(failure.to_string()),
-                report: *report,
-            },
-            Err(RunError::Cancelled { report }) => RunResult {
-                status: "cancelled",
-                answer: None,
-                error: Some("the run was cancelled".to_owned()),
-                report: *report,
-            },
-            Err(other) => {
-                tracing::warn!(%other, "a run ended without a report");
-                return;
-            }
-        };
-        let _ = sender.send(Some(outcome));
+        // Every ending is sent, so no run stays "running" for ever.
+        let _ = sender.send(Some(Ended::from(handle.finish().await)));
     });
-    let mut runs = state.inner.runs.lock();
     runs.by_id.insert(
         run_id,
         RunEntry {
@@ -522,6 +499,7 @@ async fn create_run(
         }
         order.retain(|id| by_id.contains_key(id));
     }
+    drop(runs);
     Ok((StatusCode::ACCEPTED, Json(json!({ "run_id": run_id }))))
 }
 
@@ -545,6 +523,7 @@ async fn get_run(
         )
     };
     if query.wait {
+        tracing::debug!(run = %id, "waiting for the run to finish");
         tokio::select! {
             _ = tokio::time::timeout(query.limit(), result.wait_for(Option::is_some)) => {}
             () = state.inner.stopping.cancelled() => {}
@@ -559,27 +538,39 @@ async fn get_run(
     });
     match finished {
         Some(done) => {
+            let report = done.report.as_ref();
             value["status"] = json!(done.status);
             value["answer"] = json!(done.answer);
             value["error"] = json!(done.error);
-            value["usage"] = json!(done.report.usage);
-            value["duration_ms"] = json!(millis(done.report.duration));
-            value["tasks"] = json!(done.report.tasks);
+            value["usage"] = json!(report.map(|report| report.usage));
+            value["duration_ms"] = json!(report.map(|report| millis(report.duration)));
+            value["tasks"] = json!(report.map_or(&[][..], |report| &report.tasks));
         }
         None => {
-            let children: Vec<Value> = state
-                .inner
-                .runtime
-                .registry()
-                .list(&TaskFilter::all().parent(id))
-                .iter()
-                .map(|task| task_json(task, false))
-                .collect();
             value["status"] = json!("running");
-            value["tasks"] = json!(children);
+            value["tasks"] = json!(run_tasks(state.inner.runtime.registry(), id));
         }
     }
     Ok(Json(value))
+}
+
+/// Every sub-agent task of a running run, at any depth, in spawn order: the
+/// tasks its report lists once it ends, in the same shape.
+fn run_tasks(registry: &Registry, run_id: TaskId) -> Vec<TaskSummary> {
+    // A parent is spawned before its children, so one pass in spawn order
+    // finds every descendant.
+    let mut members = HashSet::from([run_id]);
+    let mut tasks = Vec::new();
+    for task in registry.list(&TaskFilter::all()) {
+        if task
+            .parent_id
+            .is_some_and(|parent| members.contains(&parent))
+        {
+            members.insert(task.id);
+            tasks.push(TaskSummary::from(&task));
+        }
+    }
+    tasks
 }
 
 async fn settings(State(state): State<AppState>) -> Json<Value> {

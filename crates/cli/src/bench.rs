@@ -18,8 +18,7 @@ use deputy_registry::{RegistryEvent, TaskSpec};
 use serde::Serialize;
 
 use crate::bench_load;
-use crate::config;
-use crate::reload::{DEBOUNCE, Live, Reloader};
+use crate::reload::DEBOUNCE;
 
 /// The scenarios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -96,19 +95,38 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             let measure = |side: &str| -> anyhow::Result<bench_load::Figures> {
-                let output = std::process::Command::new(std::env::current_exe()?)
-                    .args(["bench", name, "--side", side, "--tasks", &tasks.to_string()])
-                    .args([
-                        "--cap",
-                        &cap.to_string(),
-                        "--latency-ms",
-                        &latency_ms.to_string(),
-                    ])
+                let args = [
+                    "bench",
+                    name,
+                    "--side",
+                    side,
+                    "--tasks",
+                    &tasks.to_string(),
+                    "--cap",
+                    &cap.to_string(),
+                    "--latency-ms",
+                    &latency_ms.to_string(),
+                ];
+                let exe = std::env::current_exe()
+                    .context("cannot find the deputy executable to run each side in")?;
+                let output = std::process::Command::new(&exe)
+                    .args(args)
                     .env("RUST_LOG", "warn")
                     .stderr(std::process::Stdio::inherit())
-                    .output()?;
-                anyhow::ensure!(output.status.success(), "the {side} side failed");
-                Ok(serde_json::from_slice(&output.stdout)?)
+                    .output()
+                    .with_context(|| format!("cannot run the {side} side ({})", exe.display()))?;
+                anyhow::ensure!(
+                    output.status.success(),
+                    "the {side} side ended with {}; its errors are above, and `deputy {}` runs it alone",
+                    output.status,
+                    args.join(" ")
+                );
+                serde_json::from_slice(&output.stdout).with_context(|| {
+                    format!(
+                        "the {side} side printed no figures this version can read; its output was: {}",
+                        String::from_utf8_lossy(&output.stdout)
+                    )
+                })
             };
             let registry = measure("deputy")?;
             let baseline = measure("baseline")?;
@@ -133,13 +151,18 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             } else {
                 writeln!(
                     out,
-                    "churn: {} s, {} tasks ({:.0}/s), {} cancels, {} failures, {} cap changes",
+                    "churn: {} s, {} tasks ({:.0}/s): {} completed, {} failed, {} cancelled",
                     report.secs,
                     report.tasks,
                     report.tasks_per_s,
-                    report.cancels,
+                    report.completed,
                     report.failures,
-                    report.cap_changes
+                    report.cancelled
+                )?;
+                writeln!(
+                    out,
+                    "  {} cancel calls that cancelled; {} caps written, {} applied",
+                    report.cancels, report.cap_writes, report.cap_changes
                 )?;
                 let samples: Vec<String> = report
                     .rss_samples_bytes
@@ -153,9 +176,16 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 )?;
                 writeln!(
                     out,
-                    "  retained tasks at most {} (bound {}); leaked slots {}; audit {} starts, {} stops, {} unpaired; undelivered {}",
+                    "  retained tasks at most {} (bound then {}); {} of {} samples over running + queued + max_finished ({})",
                     report.retained_max,
                     report.retained_bound,
+                    report.retention_violations,
+                    report.retention_samples,
+                    report.max_finished
+                )?;
+                writeln!(
+                    out,
+                    "  leaked slots {}; audit {} starts, {} stops, {} unpaired; undelivered {}",
                     report.leaked_slots,
                     report.starts,
                     report.stops,
@@ -269,13 +299,16 @@ struct ReloadFigures {
 /// The temporary config cannot be written, or a raise is never applied
 /// (after 10 s).
 async fn reload(iterations: usize, json: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        iterations > 0,
+        "--iterations 0 measures nothing; give at least 1 (the default is 100)"
+    );
     // The load scenarios' stack (hooks included), with one slot.
     let bench = bench_load::Bench::new(1, 0, iterations + 1)?;
     let path = bench.config_path();
     let text = std::fs::read_to_string(&path).context("cannot read the benchmark config")?;
-    let config = config::load(&path)?;
     let stack = &bench.stack;
-    let _reloader = Reloader::start(config, Live::of(stack));
+    let _reloader = bench.reloader()?;
     let registry = stack.runtime.registry().clone();
     let (release, released) = tokio::sync::watch::channel(false);
     let hold = |n: usize| {
@@ -322,20 +355,21 @@ async fn reload(iterations: usize, json: bool) -> anyhow::Result<()> {
     release.send(true).ok();
     stack.runtime.shutdown(Duration::from_secs(5)).await;
 
-    samples.sort();
-    let ms = |duration: Duration| duration.as_secs_f64() * 1000.0;
-    let at = |quantile: f64| {
-        let index = ((samples.len() as f64 * quantile).ceil() as usize).clamp(1, samples.len()) - 1;
-        ms(samples[index])
-    };
+    let mut samples: Vec<f64> = samples
+        .iter()
+        .map(|duration| duration.as_secs_f64() * 1000.0)
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    #[expect(clippy::cast_precision_loss, reason = "a count of raises")]
+    let mean_ms = samples.iter().sum::<f64>() / samples.len() as f64;
     let figures = ReloadFigures {
         scenario: "reload",
         iterations,
         debounce_ms: DEBOUNCE.as_millis(),
-        p50_ms: at(0.50),
-        p99_ms: at(0.99),
-        max_ms: samples.last().copied().map_or(0.0, ms),
-        mean_ms: samples.iter().copied().map(ms).sum::<f64>() / samples.len() as f64,
+        p50_ms: bench_load::quantile(&samples, 0.50),
+        p99_ms: bench_load::quantile(&samples, 0.99),
+        max_ms: samples.last().copied().unwrap_or(0.0),
+        mean_ms,
     };
     let mut out = std::io::stdout();
     if json {

@@ -4,22 +4,24 @@
 //! tokio tasks behind a `tokio::sync::Semaphore` in the same process.
 //!
 //! Figures are reported, never asserted here; `churn` reports its
-//! invariants (leaked slots, unpaired hook events, retained entries) and
-//! the soak test asserts those.
+//! invariants (leaked slots, unpaired hook events, retention checked at
+//! every sample, every task read back once) and the soak test asserts
+//! those.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use deputy_agent::TaskOptions;
-use deputy_registry::{RegistryEvent, TaskId};
+use deputy_registry::{CancelOutcome, RegistryEvent, TaskId, TaskStatus};
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::{Semaphore, TryAcquireError, broadcast};
 
-use crate::config;
+use crate::config::{self, Config};
+use crate::reload::{Live, Reloader};
 use crate::wiring::{self, Stack};
 
 /// What a load scenario measured, for the registry or the baseline.
@@ -125,43 +127,47 @@ ledger = "ledger.jsonl"
 
 /// A stack built from [`config_text`] in a fresh directory.
 pub(crate) struct Bench {
-    pub(crate) dir: PathBuf,
     pub(crate) stack: Stack,
+    /// The config the stack was built from, kept so the reloader starts
+    /// from it rather than from a second load of the file.
+    config: Config,
+    /// Declared last, so the stack (and its open audit and ledger files)
+    /// is dropped before the directory is removed.
+    dir: tempfile::TempDir,
 }
 
 impl Bench {
     pub(crate) fn new(cap: usize, latency_ms: u64, tasks: usize) -> anyhow::Result<Self> {
-        let dir = temp_dir()?;
-        let path = dir.join("deputy.toml");
+        let dir = tempfile::Builder::new()
+            .prefix("deputy-bench-")
+            .tempdir()
+            .context("cannot create a temporary directory for the benchmark; check TMPDIR")?;
+        let path = dir.path().join("deputy.toml");
         std::fs::write(&path, config_text(cap, latency_ms, tasks))
             .context("cannot write the benchmark config")?;
         let config = config::load(&path)?;
         // Every event of the burst is read, so the channel holds them all.
-        let stack =
-            wiring::build_with_events(&config, "orchestrator", tasks.saturating_mul(4).max(1024))?;
-        Ok(Self { dir, stack })
+        let stack = wiring::build_with_events(&config, tasks.saturating_mul(4).max(1024))?;
+        Ok(Self { stack, config, dir })
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub(crate) fn config_path(&self) -> PathBuf {
-        self.dir.join("deputy.toml")
+        self.dir().join("deputy.toml")
     }
-}
 
-impl Drop for Bench {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+    /// Starts the live reloader on the config file, from the config the
+    /// stack was built with.
+    ///
+    /// # Errors
+    /// The config has no file to watch (never for a bench's own).
+    pub(crate) fn reloader(&self) -> anyhow::Result<Reloader> {
+        Reloader::start(self.config.clone(), Live::of(&self.stack))
+            .context("the benchmark config has no file to watch, so a reload cannot be measured")
     }
-}
-
-/// A fresh directory under the system's temporary directory.
-pub(crate) fn temp_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "deputy-bench-{}-{}",
-        std::process::id(),
-        TaskId::new_random().short()
-    ));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
 }
 
 /// The process's resident memory now, in bytes.
@@ -275,7 +281,7 @@ fn handoffs(events: &[(Instant, RegistryEvent)]) -> Vec<f64> {
 /// back on synthetic events, timed.
 async fn hook_overhead_us(stack: &Stack, rounds: usize) -> f64 {
     use deputy_hooks::{SubagentStartHook, SubagentStopHook};
-    use deputy_registry::{HookTask, SubagentStartEvent, SubagentStopEvent, TaskStatus, Usage};
+    use deputy_registry::{HookTask, SubagentStartEvent, SubagentStopEvent, Usage};
     let mut starts: Vec<Arc<dyn SubagentStartHook>> = Vec::new();
     let mut stops: Vec<Arc<dyn SubagentStopHook>> = Vec::new();
     if let Some(metrics) = stack.hooks.metrics() {
@@ -437,15 +443,24 @@ async fn run_baseline(tasks: usize, cap: usize, latency: Duration) -> Figures {
         let marks = marks.clone();
         let spawned_at = Instant::now();
         handles.push(tokio::spawn(async move {
-            let Ok(permit) = semaphore.acquire_owned().await else {
-                return Duration::ZERO;
+            // A free permit is a start without a wait, as the registry's
+            // `queued_for` of zero for a task admitted at spawn; only a
+            // task that found none waited.
+            let (permit, waited) = match semaphore.clone().try_acquire_owned() {
+                Ok(permit) => (permit, None),
+                Err(TryAcquireError::NoPermits) => {
+                    let Ok(permit) = semaphore.acquire_owned().await else {
+                        return Duration::ZERO;
+                    };
+                    (permit, Some(spawned_at.elapsed()))
+                }
+                Err(TryAcquireError::Closed) => return Duration::ZERO,
             };
-            let waited = spawned_at.elapsed();
-            marks.lock().push((Instant::now(), !waited.is_zero()));
+            marks.lock().push((Instant::now(), waited.is_some()));
             tokio::time::sleep(latency).await;
             marks.lock().push((Instant::now(), false));
             drop(permit);
-            waited
+            waited.unwrap_or_default()
         }));
     }
     let mut queue_waits = Vec::with_capacity(tasks);
@@ -486,16 +501,32 @@ pub(crate) struct ChurnReport {
     pub(crate) scenario: &'static str,
     pub(crate) secs: u64,
     pub(crate) cap: usize,
+    /// Tasks spawned.
     pub(crate) tasks: usize,
-    pub(crate) cancels: usize,
+    /// How the spawned tasks ended, counted from the results read back.
+    pub(crate) completed: usize,
     pub(crate) failures: usize,
+    pub(crate) cancelled: usize,
+    /// Cancel calls the registry answered with a cancel (a call that found
+    /// the task already finished is not counted).
+    pub(crate) cancels: usize,
+    /// New caps written into the config file.
+    pub(crate) cap_writes: usize,
+    /// Changes of the cap in force that the registry showed, so writes the
+    /// reloader applied.
     pub(crate) cap_changes: usize,
     pub(crate) tasks_per_s: f64,
     /// Resident memory at each eighth of the run.
     pub(crate) rss_samples_bytes: Vec<u64>,
     pub(crate) peak_rss_bytes: u64,
-    /// The most tasks the registry held at once, and the bound it must
-    /// stay within (running + queued + `max_finished`).
+    /// `max_finished` in force at the end (churn changes only the cap).
+    pub(crate) max_finished: usize,
+    /// Samples of the registry's counts, and how many of them held more
+    /// tasks than running + queued + `max_finished` at that same moment.
+    pub(crate) retention_samples: usize,
+    pub(crate) retention_violations: usize,
+    /// The most tasks the registry held at one sample, and the bound
+    /// (running + queued + `max_finished`) at that same sample.
     pub(crate) retained_max: usize,
     pub(crate) retained_bound: usize,
     pub(crate) leaked_slots: usize,
@@ -506,6 +537,30 @@ pub(crate) struct ChurnReport {
     pub(crate) invariants_ok: bool,
 }
 
+/// How the tasks read back ended.
+#[derive(Debug, Default)]
+struct Outcomes {
+    completed: usize,
+    failed: usize,
+    cancelled: usize,
+}
+
+impl Outcomes {
+    fn add(&mut self, status: TaskStatus) {
+        match status {
+            TaskStatus::Completed => self.completed += 1,
+            TaskStatus::Failed => self.failed += 1,
+            TaskStatus::Cancelled => self.cancelled += 1,
+            // `take_finished` hands over finished tasks only.
+            TaskStatus::Queued | TaskStatus::Running => {}
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.completed + self.failed + self.cancelled
+    }
+}
+
 /// A stream of tasks for `secs` seconds with random cancels, failures and
 /// cap changes written into the config file, then the invariants.
 pub(crate) async fn churn(
@@ -514,10 +569,10 @@ pub(crate) async fn churn(
     latency_ms: u64,
     seed: u64,
 ) -> anyhow::Result<ChurnReport> {
-    let max_finished = 512;
-    let bench = Bench::new(cap, latency_ms, max_finished)?;
-    let config = config::load(&bench.config_path())?;
-    let reloader = crate::reload::Reloader::start(config, crate::reload::Live::of(&bench.stack));
+    // Sizes the queue and `max_finished`; the retention bound is read back
+    // from the registry, not from here.
+    let bench = Bench::new(cap, latency_ms, 512)?;
+    let reloader = bench.reloader()?;
     let runtime = bench.stack.runtime.clone();
     let registry = runtime.registry().clone();
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -525,51 +580,69 @@ pub(crate) async fn churn(
     let began = Instant::now();
     // Only a count: a list of every id would itself grow without bound.
     let mut spawned = 0_usize;
-    let (mut cancels, mut failures, mut cap_changes) = (0, 0, 0);
-    let mut retained_max = 0;
-    let mut retained_bound = 0;
+    let mut outcomes = Outcomes::default();
+    let mut cancels = 0;
+    let (mut cap_writes, mut cap_changes) = (0, 0);
+    // The cap the file says, and the cap in force at the last sample.
+    let mut written_cap = cap;
+    let mut cap_in_force = registry.stats().max_concurrent;
+    let (mut retention_samples, mut retention_violations) = (0, 0);
+    let (mut retained_max, mut retained_bound) = (0, 0);
     let mut rss_samples = Vec::new();
     let mut next_cap_change = Instant::now() + Duration::from_secs(2);
     let sample_every = Duration::from_secs(secs).div_f64(8.0);
     let mut next_sample = Instant::now() + sample_every;
     let peak = RssPeak::start();
-    let mut pending: HashMap<TaskId, ()> = HashMap::new();
+    let mut pending: HashSet<TaskId> = HashSet::new();
     while Instant::now() < deadline {
         // Keep about twice the cap in flight.
-        let in_flight = registry.stats().running + registry.stats().queued;
-        let target = registry.settings().max_concurrent() * 2;
-        for _ in in_flight..target {
+        let load = registry.stats();
+        for _ in load.running + load.queued..load.max_concurrent * 2 {
             let flaky = rng.u8(..100) < 5;
             let agent = if flaky { "flaky" } else { "worker" };
-            match runtime.spawn_task(agent, "churn", TaskOptions::default()) {
-                Ok(task) => {
-                    failures += usize::from(flaky);
-                    spawned += 1;
-                    pending.insert(task.id, ());
-                    if rng.u8(..100) < 5 {
-                        let _ = registry.cancel(task.id);
-                        cancels += 1;
-                    }
-                }
-                Err(error) => anyhow::bail!("the registry refused a churn task: {error}"),
+            let task = runtime
+                .spawn_task(agent, "churn", TaskOptions::default())
+                .context("the registry refused a churn task")?;
+            spawned += 1;
+            pending.insert(task.id);
+            // Drawn for every task, so the seed gives the same choices
+            // whatever the cancel answers.
+            if rng.u8(..100) < 5
+                && matches!(
+                    registry.cancel(task.id),
+                    Ok(CancelOutcome::Cancelled { .. })
+                )
+            {
+                cancels += 1;
             }
         }
         // Read what finished, as a host does (exactly once).
         for task in registry.take_finished(None) {
             pending.remove(&task.id);
+            outcomes.add(task.status);
         }
-        let stats = registry.stats();
-        retained_max = retained_max.max(stats.tracked);
-        retained_bound = retained_bound.max(stats.running + stats.queued + max_finished);
+        // Retention is checked against the counts of the same moment.
+        let held = registry.stats();
+        let bound = held.running + held.queued + registry.settings().max_finished();
+        retention_samples += 1;
+        if held.tracked > bound {
+            retention_violations += 1;
+        }
+        if held.tracked > retained_max {
+            (retained_max, retained_bound) = (held.tracked, bound);
+        }
+        if held.max_concurrent != cap_in_force {
+            cap_changes += 1;
+            cap_in_force = held.max_concurrent;
+        }
         if Instant::now() >= next_cap_change {
             let new_cap = rng.usize((cap / 2).max(1)..=cap * 2);
-            let text = std::fs::read_to_string(bench.config_path())?;
-            let current = format!("max_concurrent = {}", registry.settings().max_concurrent());
-            std::fs::write(
-                bench.config_path(),
-                text.replacen(&current, &format!("max_concurrent = {new_cap}"), 1),
-            )?;
-            cap_changes += 1;
+            // The same cap again would be a write with nothing to apply.
+            if new_cap != written_cap {
+                write_cap(&bench.config_path(), written_cap, new_cap)?;
+                written_cap = new_cap;
+                cap_writes += 1;
+            }
             next_cap_change = Instant::now() + Duration::from_secs(2);
         }
         if Instant::now() >= next_sample {
@@ -583,21 +656,26 @@ pub(crate) async fn churn(
     let _ = registry.shutdown(Duration::from_secs(30)).await;
     for task in registry.take_finished(None) {
         pending.remove(&task.id);
+        outcomes.add(task.status);
     }
     bench.stack.hooks.flush(Duration::from_secs(10)).await;
     let elapsed = began.elapsed();
     let peak_rss = peak.stop();
     let stats = registry.stats();
-    let (starts, stops, unpaired) = audit_pairs(&bench.dir.join("audit.jsonl"))?;
+    let (starts, stops, unpaired) = audit_pairs(&bench.dir().join("audit.jsonl"))?;
     // Delivered results were evicted after their TTL or by max_finished;
     // what is left undelivered must be listed.
     let undelivered = pending
-        .keys()
+        .iter()
         .filter(|id| registry.get(**id).is_none_or(|task| !task.is_finished()))
         .count();
     let leaked_slots = stats.slots_in_use;
-    let invariants_ok =
-        leaked_slots == 0 && unpaired == 0 && undelivered == 0 && retained_max <= retained_bound;
+    // Every spawned task read back exactly once, with its end status.
+    let invariants_ok = leaked_slots == 0
+        && unpaired == 0
+        && undelivered == 0
+        && retention_violations == 0
+        && outcomes.total() == spawned;
     #[expect(clippy::cast_precision_loss, reason = "task counts")]
     let tasks_per_s = spawned as f64 / elapsed.as_secs_f64();
     Ok(ChurnReport {
@@ -605,12 +683,18 @@ pub(crate) async fn churn(
         secs,
         cap,
         tasks: spawned,
+        completed: outcomes.completed,
+        failures: outcomes.failed,
+        cancelled: outcomes.cancelled,
         cancels,
-        failures,
+        cap_writes,
         cap_changes,
         tasks_per_s,
         rss_samples_bytes: rss_samples,
         peak_rss_bytes: peak_rss,
+        max_finished: registry.settings().max_finished(),
+        retention_samples,
+        retention_violations,
         retained_max,
         retained_bound,
         leaked_slots,
@@ -620,6 +704,23 @@ pub(crate) async fn churn(
         undelivered,
         invariants_ok,
     })
+}
+
+/// Rewrites the config's `max_concurrent = from` line as `= to`.
+fn write_cap(path: &Path, from: usize, to: usize) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the churn config {}", path.display()))?;
+    let current = format!("max_concurrent = {from}\n");
+    anyhow::ensure!(
+        text.contains(&current),
+        "the churn config {} has no `max_concurrent = {from}` line; leave the file alone while churn runs",
+        path.display()
+    );
+    std::fs::write(
+        path,
+        text.replacen(&current, &format!("max_concurrent = {to}\n"), 1),
+    )
+    .with_context(|| format!("cannot write the churn config {}", path.display()))
 }
 
 /// Start lines, stop lines, and task ids without exactly one of each.

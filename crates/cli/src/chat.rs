@@ -41,7 +41,7 @@ pub(crate) async fn chat(mut config: Config) -> Result<(), CliError> {
     // Sub-agents outlive the prompt that started them.
     config.on_finish = OnFinish::Detach;
     let orchestrator = config.orchestrator.clone();
-    let stack = wiring::build(&config, &orchestrator).map_err(CliError::usage)?;
+    let stack = wiring::build(&config).map_err(CliError::usage)?;
     let reloader = Reloader::start(config, Live::of(&stack));
     let lines = spawn_reader();
     let current_run = Arc::new(Mutex::new(None));
@@ -65,8 +65,7 @@ pub(crate) async fn chat(mut config: Config) -> Result<(), CliError> {
     session.run().await;
     notices.abort();
     session.lines.close().await;
-    let report = session.stack.runtime.shutdown(QUIT_DRAIN).await;
-    session.stack.hooks.flush(QUIT_DRAIN).await;
+    let report = session.stack.shutdown(QUIT_DRAIN).await;
     if report.cancelled > 0 {
         say(&format!(
             "stopped {} background tasks still running",

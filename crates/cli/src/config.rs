@@ -16,7 +16,7 @@ use deputy_agent::OnFinish;
 use deputy_hooks::{HooksSettings, RawBillingConfig, RawHooksConfig};
 use deputy_providers::{ProviderConfig, RawProviderConfig};
 use deputy_registry::{RawSubagentSettings, SubagentSettings};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::toml_error::describe_toml_error;
 
@@ -90,8 +90,9 @@ struct RawServerConfig {
     drain_secs: Option<i64>,
 }
 
-/// A checked `[agents.<name>]`.
-#[derive(Debug, Clone, PartialEq)]
+/// A checked `[agents.<name>]`. Serialized only to tell what a reload
+/// changed, under the keys the file uses.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct AgentProfile {
     pub(crate) provider: String,
     pub(crate) model: Option<String>,
@@ -101,87 +102,36 @@ pub(crate) struct AgentProfile {
     pub(crate) priority: i32,
     pub(crate) max_turns: Option<u32>,
     pub(crate) max_concurrent: Option<usize>,
+    #[serde(serialize_with = "as_written")]
     pub(crate) temperature: Option<f32>,
     pub(crate) max_output_tokens: Option<u32>,
+    #[serde(rename = "timeout_secs", serialize_with = "whole_seconds")]
     pub(crate) time_limit: Option<Duration>,
     pub(crate) token_budget: Option<u64>,
     pub(crate) subagents: Vec<String>,
 }
 
-impl AgentProfile {
-    /// `key old -> new` for every field that differs from `new`, values
-    /// shortened.
-    pub(crate) fn changes(&self, new: &Self) -> Vec<String> {
-        fn shown(value: &impl std::fmt::Debug) -> String {
-            let text = format!("{value:?}");
-            let text = text
-                .strip_prefix("Some(")
-                .and_then(|inner| inner.strip_suffix(')'))
-                .unwrap_or(&text)
-                .to_owned();
-            let text = if text == "None" {
-                "unset".to_owned()
-            } else {
-                text
-            };
-            if text.chars().count() > 40 {
-                format!("{}…", text.chars().take(40).collect::<String>())
-            } else {
-                text
-            }
-        }
-        let mut changes = Vec::new();
-        let mut field = |key: &str, old: String, new: String| {
-            if old != new {
-                changes.push(format!("{key} {old} -> {new}"));
-            }
-        };
-        field("provider", shown(&self.provider), shown(&new.provider));
-        field("model", shown(&self.model), shown(&new.model));
-        field(
-            "system_prompt",
-            shown(&self.system_prompt),
-            shown(&new.system_prompt),
-        );
-        field(
-            "description",
-            shown(&self.description),
-            shown(&new.description),
-        );
-        field(
-            "capabilities",
-            shown(&self.capabilities),
-            shown(&new.capabilities),
-        );
-        field("priority", shown(&self.priority), shown(&new.priority));
-        field("max_turns", shown(&self.max_turns), shown(&new.max_turns));
-        field(
-            "max_concurrent",
-            shown(&self.max_concurrent),
-            shown(&new.max_concurrent),
-        );
-        field(
-            "temperature",
-            shown(&self.temperature),
-            shown(&new.temperature),
-        );
-        field(
-            "max_output_tokens",
-            shown(&self.max_output_tokens),
-            shown(&new.max_output_tokens),
-        );
-        field(
-            "timeout_secs",
-            shown(&self.time_limit.map(|limit| limit.as_secs())),
-            shown(&new.time_limit.map(|limit| limit.as_secs())),
-        );
-        field(
-            "token_budget",
-            shown(&self.token_budget),
-            shown(&new.token_budget),
-        );
-        field("subagents", shown(&self.subagents), shown(&new.subagents));
-        changes
+/// An `f32` as its shortest decimal form (`0.2`, not the `0.20000000298…`
+/// that widening it to `f64` would show).
+fn as_written<S: serde::Serializer>(value: &Option<f32>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => serializer.serialize_some(
+            &value
+                .to_string()
+                .parse::<f64>()
+                .unwrap_or(f64::from(*value)),
+        ),
+        None => serializer.serialize_none(),
+    }
+}
+
+fn whole_seconds<S: serde::Serializer>(
+    value: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => serializer.serialize_some(&value.as_secs()),
+        None => serializer.serialize_none(),
     }
 }
 
@@ -365,19 +315,22 @@ pub(crate) fn parse(text: &str, source: Source) -> Result<Config, ConfigError> {
         source: name.clone(),
         problems: vec![describe_toml_error(text, &error)],
     })?;
-    let mut config = check(raw, source).map_err(|problems| ConfigError {
+    check(raw, source, text).map_err(|problems| ConfigError {
         source: name,
         problems,
-    })?;
+    })
+}
+
+/// The sections a reload cannot apply: everything but `[agents]` and
+/// `[agent.subagents]`.
+fn restart_sections(text: &str) -> toml::Table {
     // It parsed as RawConfig, so it parses as a table.
     let mut sections: toml::Table = toml::from_str(text).unwrap_or_default();
     sections.remove("agents");
     if let Some(toml::Value::Table(agent)) = sections.get_mut("agent") {
         agent.remove("subagents");
     }
-    config.restart_sections = sections;
-    config.text_hash = text_hash(text);
-    Ok(config)
+    sections
 }
 
 /// `value` if it is within `min..=max` (and fits `T`); otherwise a problem
@@ -399,7 +352,8 @@ fn ranged<T: TryFrom<i64>>(
     T::try_from(value).ok()
 }
 
-fn check(raw: RawConfig, source: Source) -> Result<Config, Vec<String>> {
+/// The checked config of `raw`, parsed from `text`.
+fn check(raw: RawConfig, source: Source, text: &str) -> Result<Config, Vec<String>> {
     let mut problems = Vec::new();
 
     let subagents = SubagentSettings::from_raw(raw.agent.subagents)
@@ -585,8 +539,8 @@ fn check(raw: RawConfig, source: Source) -> Result<Config, Vec<String>> {
             agents,
             hooks,
             server,
-            restart_sections: toml::Table::new(),
-            text_hash: 0,
+            restart_sections: restart_sections(text),
+            text_hash: text_hash(text),
         }),
         _ => Err(problems),
     }

@@ -8,11 +8,21 @@ use anyhow::Context as _;
 use deputy_registry::{
     Registry, RegistryEvent, SettingsHandle, SubagentSettings, TaskSpec, TaskStatus,
 };
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 pub(crate) async fn demo(tasks: u16, cap: usize, work: Duration) -> anyhow::Result<()> {
     let settings = SubagentSettings::default()
         .with_max_concurrent(cap)
         .context("invalid --cap")?;
+    // More would be refused with a full queue: spawns come faster than
+    // the simulated work ends.
+    let most = cap.saturating_add(settings.max_queue());
+    anyhow::ensure!(
+        usize::from(tasks) <= most,
+        "--tasks {tasks} is more than the demo holds at once: {cap} running (--cap) plus {} queued (max_queue); use --tasks {most} or less, or raise --cap",
+        settings.max_queue()
+    );
     let registry = Registry::builder()
         .settings(SettingsHandle::new(settings))
         .build();
@@ -58,13 +68,29 @@ pub(crate) async fn demo(tasks: u16, cap: usize, work: Duration) -> anyhow::Resu
         )
         .context("could not start the demo run")?;
 
-    // Prints until every worker has finished, so no line is cut off.
+    // Prints until every task has ended and its events are read, so no
+    // line is cut off; it does not count events (a refused spawn sends
+    // none), it stops when told that nothing more is coming.
+    let ended = CancellationToken::new();
+    let printer_ended = ended.clone();
     let printer = tokio::spawn(async move {
         let mut out = std::io::stdout();
-        let mut finished = 0;
-        while finished < tasks {
-            let Ok(event) = events.recv().await else {
-                break;
+        loop {
+            let received = tokio::select! {
+                // Events already sent are printed before the stop is seen.
+                biased;
+                received = events.recv() => received,
+                () = printer_ended.cancelled() => break,
+            };
+            let event = match received {
+                Ok(event) => event,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    if writeln!(out, "  ({missed} events missed)").is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
             };
             let line = match event {
                 RegistryEvent::Queued {
@@ -85,10 +111,7 @@ pub(crate) async fn demo(tasks: u16, cap: usize, work: Duration) -> anyhow::Resu
                 ),
                 RegistryEvent::Finished {
                     task_id, status, ..
-                } => {
-                    finished += 1;
-                    format!("  finished {}  {status}", task_id.short())
-                }
+                } => format!("  finished {}  {status}", task_id.short()),
                 _ => continue,
             };
             if writeln!(out, "{line}").is_err() {
@@ -98,7 +121,10 @@ pub(crate) async fn demo(tasks: u16, cap: usize, work: Duration) -> anyhow::Resu
     });
 
     let outcome = registry.wait(root.id, None).await?;
+    // Every task has ended after the shutdown, and each one's events were
+    // sent before it ended.
     registry.shutdown(Duration::from_secs(1)).await;
+    ended.cancel();
     printer.await.context("the event printer failed")?;
     let mut out = std::io::stdout().lock();
     match (

@@ -182,7 +182,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
                     config::did_you_mean(&agent, config.agents.keys())
                 )));
             }
-            let stack = wiring::build(&config, &agent).map_err(CliError::usage)?;
+            let stack = wiring::build(&config).map_err(CliError::usage)?;
             // Limits can be tuned while the run goes on.
             let reloader = Reloader::start(config, Live::of(&stack));
             run_cmd::run(stack, reloader, &agent, &prompt, json).await

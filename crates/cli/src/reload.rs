@@ -24,7 +24,6 @@ use std::time::{Duration, SystemTime};
 
 use deputy_agent::Runtime;
 use deputy_hooks::{Metrics, ReloadResult};
-use deputy_registry::RawSubagentSettings;
 use notify::Watcher as _;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -306,16 +305,11 @@ impl State {
         let mut poll = tokio::time::interval(poll_every);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         poll.tick().await;
-        // Without a watcher (or once it is gone) the re-check and SIGHUP
-        // still work.
-        let mut watching = true;
+        // Without a watcher the re-check and SIGHUP still work. The hints
+        // never close: `self.hint_sender` lives as long as this loop.
         loop {
             let forced = tokio::select! {
-                hint = hints.recv(), if watching => {
-                    if hint.is_none() {
-                        watching = false;
-                        continue;
-                    }
+                _ = hints.recv() => {
                     debounce(&mut hints).await;
                     false
                 }
@@ -379,7 +373,7 @@ impl State {
             metrics.record_reload(ReloadResult::Rejected);
         }
         self.status.send_modify(|status| {
-            status.at = Some(now());
+            status.at = Some(crate::api::rfc3339(SystemTime::now()));
             status.ok = false;
             status.error = Some(error);
             status.applied.clear();
@@ -390,7 +384,8 @@ impl State {
     fn apply(&mut self, new: Config) {
         // Everything that can fail is checked before anything applies, so a
         // reload applies a whole file or nothing of it.
-        let agents = if new.agents == self.current.agents {
+        let agents_changed = new.agents != self.current.agents;
+        let agents = if !agents_changed {
             None
         } else if !new.agents.contains_key(&self.current.orchestrator) {
             self.reject(format!(
@@ -416,10 +411,7 @@ impl State {
 
         let mut applied = Vec::new();
         if new.subagents != self.current.subagents {
-            let changes = differences(
-                &RawSubagentSettings::from(self.current.subagents.clone()),
-                &RawSubagentSettings::from(new.subagents.clone()),
-            );
+            let changes = differences(&self.current.raw_subagents(), &new.raw_subagents());
             self.live
                 .runtime
                 .registry()
@@ -428,13 +420,13 @@ impl State {
             applied.push(format!("[agent.subagents] {changes}"));
             self.current.subagents = new.subagents.clone();
         }
-        if new.agents != self.current.agents {
+        if agents_changed {
             for (name, profile) in &new.agents {
                 match self.current.agents.get(name) {
                     Some(old) if old == profile => {}
                     Some(old) => applied.push(format!(
                         "[agents.{name}] {} (new tasks use it)",
-                        old.changes(profile).join(", ")
+                        differences(old, profile)
                     )),
                     None => applied.push(format!("[agents.{name}] added")),
                 }
@@ -467,7 +459,7 @@ impl State {
             metrics.record_reload(ReloadResult::Applied);
         }
         self.status.send_modify(|status| {
-            status.at = Some(now());
+            status.at = Some(crate::api::rfc3339(SystemTime::now()));
             status.ok = true;
             status.error = None;
             status.applied = applied;
@@ -477,21 +469,33 @@ impl State {
     }
 }
 
-/// `max_concurrent 2 -> 4, queue_wait_ms 30000 -> 0`.
-fn differences(old: &RawSubagentSettings, new: &RawSubagentSettings) -> String {
+/// `max_concurrent 2 -> 4, queue_wait_ms 30000 -> 0`: every field that
+/// differs, under its serialized name, unset or null read as `unset` and
+/// long values shortened to 40 characters. Derived from `Serialize`, so a
+/// field added to a section shows up here without a second list.
+fn differences<T: Serialize>(old: &T, new: &T) -> String {
+    fn shown(value: Option<&serde_json::Value>) -> String {
+        let text = match value {
+            None | Some(serde_json::Value::Null) => return "unset".to_owned(),
+            Some(value) => value.to_string(),
+        };
+        if text.chars().count() > 40 {
+            format!("{}…", text.chars().take(40).collect::<String>())
+        } else {
+            text
+        }
+    }
     let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) =
         (serde_json::to_value(old), serde_json::to_value(new))
     else {
         return "changed".to_owned();
     };
-    let changes: Vec<String> = new
-        .iter()
-        .filter(|(key, value)| old.get(*key) != Some(*value))
-        .map(|(key, value)| {
-            let before = old
-                .get(key)
-                .map_or_else(|| "unset".to_owned(), ToString::to_string);
-            format!("{key} {before} -> {value}")
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    let changes: Vec<String> = keys
+        .into_iter()
+        .filter_map(|key| {
+            let (before, after) = (shown(old.get(key)), shown(new.get(key)));
+            (before != after).then(|| format!("{key} {before} -> {after}"))
         })
         .collect();
     changes.join(", ")
@@ -562,10 +566,6 @@ async fn next_hangup(hangups: &mut Hangups) {
     std::future::pending::<()>().await;
 }
 
-fn now() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,8 +600,13 @@ description = "first"
         reloader: Reloader,
     }
 
+    /// Longer than any test runs: a test on this fixture passes on file
+    /// events alone, never on the periodic re-check.
+    const NO_RE_CHECK: Duration = Duration::from_secs(3600);
+
+    /// A fixture that sees edits through file events only.
     fn fixture(text: &str) -> Fixture {
-        fixture_with(text, true, POLL_EVERY)
+        fixture_with(text, true, NO_RE_CHECK)
     }
 
     fn fixture_with(text: &str, watch_files: bool, poll_every: Duration) -> Fixture {
@@ -609,7 +614,7 @@ description = "first"
         let path = dir.path().join("deputy.toml");
         std::fs::write(&path, text).unwrap();
         let config = config::load(&path).unwrap();
-        let stack = wiring::build(&config, "orchestrator").unwrap();
+        let stack = wiring::build(&config).unwrap();
         let reloader =
             Reloader::start_with(config, Live::of(&stack), watch_files, poll_every).unwrap();
         Fixture {
@@ -793,8 +798,8 @@ description = "first"
         symlink("..data/deputy.toml", root.join("deputy.toml")).unwrap();
         let path = root.join("deputy.toml");
         let config = config::load(&path).unwrap();
-        let stack = wiring::build(&config, "orchestrator").unwrap();
-        let reloader = Reloader::start(config, Live::of(&stack)).unwrap();
+        let stack = wiring::build(&config).unwrap();
+        let reloader = Reloader::start_with(config, Live::of(&stack), true, NO_RE_CHECK).unwrap();
 
         std::fs::create_dir(root.join("..2026_02")).unwrap();
         std::fs::write(root.join("..2026_02/deputy.toml"), config_text(9, "")).unwrap();

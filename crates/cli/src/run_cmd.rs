@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 use std::io::{IsTerminal as _, Write as _};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use deputy_agent::{RunError, RunEvent, RunHandle, RunReport};
+use deputy_agent::{RunError, RunEvent, RunHandle, RunOutput, RunReport};
 use deputy_registry::{Registry, TaskId, TaskStatus, Usage};
 use futures::StreamExt as _;
 use serde::Serialize;
@@ -25,9 +25,52 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 struct JsonOutput<'a> {
     ok: bool,
     answer: Option<&'a str>,
-    error: Option<String>,
+    error: Option<&'a str>,
     cost_usd: Option<f64>,
-    report: &'a RunReport,
+    /// `null` only for a run that ended without one (see [`Ended`]).
+    report: Option<&'a RunReport>,
+}
+
+/// How a run ended, as `deputy run` prints it and the API shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct Ended {
+    /// `completed`, `failed` or `cancelled`.
+    pub(crate) status: &'static str,
+    /// The answer, when it completed.
+    pub(crate) answer: Option<String>,
+    /// Why it did not, when it did not.
+    pub(crate) error: Option<String>,
+    /// What it did; `None` only when the run ended in an error that
+    /// carries no report, which is then shown as `failed`.
+    pub(crate) report: Option<RunReport>,
+}
+
+impl From<Result<RunOutput, RunError>> for Ended {
+    fn from(result: Result<RunOutput, RunError>) -> Self {
+        match result {
+            Ok(RunOutput { answer, report }) => Self {
+                status: "completed",
+                answer: Some(answer),
+                error: None,
+                report: Some(report),
+            },
+            Err(error) => Self {
+                status: if matches!(error, RunError::Cancelled { .. }) {
+                    "cancelled"
+                } else {
+                    "failed"
+                },
+                answer: None,
+                // A failure is shown as itself, without the run error's
+                // "the run failed: " opening.
+                error: Some(match &error {
+                    RunError::Failed { failure, .. } => failure.to_string(),
+                    other => other.to_string(),
+                }),
+                report: error.report().cloned(),
+            },
+        }
+    }
 }
 
 /// Runs `prompt` on `agent` and prints as the module docs say.
@@ -56,38 +99,28 @@ pub(crate) async fn run(
     interrupt.abort();
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
-    let result = run.finish().await;
-    stack.runtime.shutdown(SHUTDOWN_DRAIN).await;
-    let pending = stack.hooks.flush(SHUTDOWN_DRAIN).await;
-    if pending > 0 {
-        tracing::warn!(
-            pending,
-            "webhook events still queued at exit were not delivered"
-        );
-    }
+    let ended = Ended::from(run.finish().await);
+    stack.shutdown(SHUTDOWN_DRAIN).await;
 
-    let (answer, report, failure) = match &result {
-        Ok(output) => (Some(output.answer.as_str()), &output.report, None),
-        Err(RunError::Failed { failure, report }) => (None, &**report, Some(failure.to_string())),
-        Err(RunError::Cancelled { report }) => {
-            (None, &**report, Some("the run was cancelled".to_owned()))
-        }
-        Err(other) => return Err(CliError::failed(anyhow::anyhow!("{other}"))),
-    };
-    let cost = run_cost(&stack, report);
+    let cost = ended
+        .report
+        .as_ref()
+        .and_then(|report| run_cost(&stack, report));
     if json {
         let document = JsonOutput {
-            ok: failure.is_none(),
-            answer,
-            error: failure.clone(),
+            ok: ended.error.is_none(),
+            answer: ended.answer.as_deref(),
+            error: ended.error.as_deref(),
             cost_usd: cost,
-            report,
+            report: ended.report.as_ref(),
         };
         let text = serde_json::to_string_pretty(&document)
             .map_err(|error| CliError::failed(error.into()))?;
         let _ = writeln!(out, "{text}");
     }
-    let _ = writeln!(err, "{}", summary(report, cost));
+    if let Some(report) = &ended.report {
+        let _ = writeln!(err, "{}", summary(report, cost));
+    }
     if let Some(status) = reloader
         .as_ref()
         .map(Reloader::status)
@@ -100,7 +133,7 @@ pub(crate) async fn run(
             status.reloads
         );
     }
-    match failure {
+    match ended.error {
         None => Ok(()),
         Some(failure) => Err(CliError::failed(anyhow::anyhow!("{failure}"))),
     }
@@ -181,7 +214,7 @@ enum Progress {
     Lines,
     Bars {
         bars: MultiProgress,
-        tasks: HashMap<TaskId, (ProgressBar, Instant)>,
+        tasks: HashMap<TaskId, ProgressBar>,
     },
 }
 
@@ -210,7 +243,7 @@ impl Progress {
 
     fn bar(&mut self, task: TaskId, agent: &str, state: &str) {
         if let Self::Bars { bars, tasks } = self {
-            let (bar, _) = tasks.entry(task).or_insert_with(|| {
+            let bar = tasks.entry(task).or_insert_with(|| {
                 let bar = bars.add(ProgressBar::new_spinner());
                 bar.set_style(
                     ProgressStyle::with_template("  {spinner} {prefix} {msg} {elapsed}")
@@ -218,7 +251,7 @@ impl Progress {
                 );
                 bar.set_prefix(format!("{} {agent}", task.short()));
                 bar.enable_steady_tick(Duration::from_millis(120));
-                (bar, Instant::now())
+                bar
             });
             bar.set_message(state.to_owned());
         }
@@ -242,7 +275,7 @@ impl Progress {
         match self {
             Self::Lines => self.line(&format!("  finished {} {agent} {status}", task.short())),
             Self::Bars { tasks, .. } => {
-                if let Some((bar, since)) = tasks.remove(&task) {
+                if let Some(bar) = tasks.remove(&task) {
                     bar.finish_and_clear();
                     self.line(&format!(
                         "  {} {} {agent} {status} in {:.1} s",
@@ -252,7 +285,7 @@ impl Progress {
                             "ended"
                         },
                         task.short(),
-                        since.elapsed().as_secs_f64()
+                        bar.elapsed().as_secs_f64()
                     ));
                 }
             }

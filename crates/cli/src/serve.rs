@@ -45,7 +45,7 @@ pub(crate) async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<
             "refusing to listen on {listen} without a token: other machines could reach it; set [server] token_env, or listen on 127.0.0.1"
         )));
     }
-    let stack = wiring::build(&config, &config.orchestrator).map_err(CliError::usage)?;
+    let stack = wiring::build(&config).map_err(CliError::usage)?;
     let drain = config.server.drain;
     let max_body_bytes = config.server.max_body_bytes;
     let orchestrator = config.orchestrator.clone();
@@ -83,8 +83,10 @@ pub(crate) async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<
         })
         .into_future();
     tokio::pin!(server);
-    tokio::select! {
-        served = &mut server => served.context("the server failed").map_err(CliError::failed)?,
+    // A server error is returned only after the drain, so running tasks
+    // still end and their SubagentStop hooks still fire.
+    let served = tokio::select! {
+        served = &mut server => served.context("the server failed").map_err(CliError::failed),
         () = async {
             stopping.cancelled().await;
             tokio::time::sleep(CONNECTION_GRACE).await;
@@ -93,22 +95,16 @@ pub(crate) async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<
                 "connections still open {} s after the shutdown signal; closing them",
                 CONNECTION_GRACE.as_secs()
             );
+            Ok(())
         }
-    }
+    };
 
     let _ = writeln!(
         std::io::stderr(),
         "deputy serve: stopping; running tasks get {} s to finish",
         drain.as_secs()
     );
-    let report = stack.runtime.shutdown(drain).await;
-    let pending = stack.hooks.flush(drain).await;
-    if pending > 0 {
-        tracing::warn!(
-            pending,
-            "webhook events still queued at exit were not delivered"
-        );
-    }
+    let report = stack.shutdown(drain).await;
     let _ = writeln!(
         std::io::stderr(),
         "deputy serve: stopped ({})",
@@ -119,7 +115,7 @@ pub(crate) async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<
         }
     );
     drop(reloader);
-    Ok(())
+    served
 }
 
 /// SIGTERM or Ctrl-C.

@@ -19,8 +19,14 @@ pub(crate) fn describe_toml_error(text: &str, error: &toml::de::Error) -> String
 
     let path = key_path(text, line_start, line_text);
     // A value under a key that may hold a secret (a key, a token, a URL
-    // with a token in it) is never echoed, in the message or the line.
-    let hidden = path.as_deref().is_some_and(is_sensitive);
+    // with a token in it) is never echoed, in the message or the line; nor
+    // is a value that names such a key itself, as an inline table does
+    // (`openai = { api_key = "...", modle = "x" }`). Hiding a harmless
+    // value costs only the echo.
+    let hidden = path.as_deref().is_some_and(is_sensitive)
+        || line_text
+            .split_once('=')
+            .is_some_and(|(_, value)| is_sensitive(value));
     let (message, line_text) = if hidden {
         let (key, value) = line_text.split_once('=').unwrap_or((line_text, ""));
         let value = value.trim();
@@ -159,6 +165,28 @@ mod tests {
             "{described}"
         );
         assert!(described.contains("api_key = <hidden>"), "{described}");
+    }
+
+    #[test]
+    fn an_inline_table_holding_a_secret_is_never_echoed() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[expect(dead_code, reason = "only parsed, to get the error")]
+        struct Provider {
+            kind: String,
+            api_key: String,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[expect(dead_code, reason = "only parsed, to get the error")]
+        struct File {
+            providers: std::collections::BTreeMap<String, Provider>,
+        }
+        let text = "[providers]\nopenai = { kind = \"openai\", api_key = \"sk-live-abcdef123456\", modle = \"x\" }\n";
+        let error = toml::from_str::<File>(text).unwrap_err();
+        let described = describe_toml_error(text, &error);
+        assert!(!described.contains("sk-live"), "{described}");
+        assert!(described.contains("unknown field `modle`"), "{described}");
+        assert!(described.contains("openai = <hidden>"), "{described}");
     }
 
     #[test]

@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use deputy_agent::{Agent, Runtime};
 use deputy_hooks::{HookSet, PriceTable};
 use deputy_providers::Provider;
-use deputy_registry::{SettingsHandle, Usage};
+use deputy_registry::{SettingsHandle, ShutdownReport, Usage};
 
 use crate::config::Config;
 
@@ -40,12 +41,8 @@ impl std::fmt::Debug for Stack {
 ///
 /// # Panics
 /// Outside a Tokio runtime.
-pub(crate) fn build(config: &Config, orchestrator: &str) -> anyhow::Result<Stack> {
-    build_with_events(
-        config,
-        orchestrator,
-        deputy_registry::DEFAULT_EVENT_CAPACITY,
-    )
+pub(crate) fn build(config: &Config) -> anyhow::Result<Stack> {
+    build_with_events(config, deputy_registry::DEFAULT_EVENT_CAPACITY)
 }
 
 /// [`build`] with the registry's event channel sized for a reader that
@@ -53,11 +50,7 @@ pub(crate) fn build(config: &Config, orchestrator: &str) -> anyhow::Result<Stack
 ///
 /// # Errors
 /// As [`build`].
-pub(crate) fn build_with_events(
-    config: &Config,
-    orchestrator: &str,
-    event_capacity: usize,
-) -> anyhow::Result<Stack> {
+pub(crate) fn build_with_events(config: &Config, event_capacity: usize) -> anyhow::Result<Stack> {
     let env = |name: &str| std::env::var(name).ok();
     let mut providers = Providers::new();
     for profile in config.agents.values() {
@@ -68,12 +61,9 @@ pub(crate) fn build_with_events(
             providers.insert(profile.provider.clone(), built);
         }
     }
+    // `config::check` made sure the orchestrator is among them, and
+    // `deputy run` checks its `--agent` before building.
     let agents = agents(config, &providers)?;
-    anyhow::ensure!(
-        agents.iter().any(|agent| &**agent.name() == orchestrator),
-        "there is no agent `{orchestrator}`; known agents: {}",
-        config.agents.keys().cloned().collect::<Vec<_>>().join(", ")
-    );
 
     let hooks = config
         .hooks
@@ -157,6 +147,23 @@ pub(crate) fn agents(config: &Config, providers: &Providers) -> anyhow::Result<V
 }
 
 impl Stack {
+    /// Stops the runtime (running tasks get `drain` to finish, then are
+    /// cancelled; every SubagentStop runs), then gives queued webhook
+    /// events up to `drain` to go out, warning about any left.
+    ///
+    /// Cancel safety: not cancel safe, like [`Runtime::shutdown`].
+    pub(crate) async fn shutdown(&self, drain: Duration) -> ShutdownReport {
+        let report = self.runtime.shutdown(drain).await;
+        let pending = self.hooks.flush(drain).await;
+        if pending > 0 {
+            tracing::warn!(
+                pending,
+                "webhook events still queued at exit were not delivered"
+            );
+        }
+        report
+    }
+
     /// What `usage` by `agent` cost, in US dollars, with the agent as it is
     /// now; `None` when its model has no price.
     pub(crate) fn cost(&self, agent: &str, usage: &Usage) -> Option<f64> {

@@ -1,5 +1,6 @@
 //! The load tool, in short forms: the churn soak asserts its invariants
-//! (never its timings), and burst prints every figure scripts track.
+//! (never its timings or how much it got done), and burst prints every
+//! figure scripts track.
 
 #![allow(
     clippy::unwrap_used,
@@ -7,20 +8,24 @@
     reason = "tests fail loudly on unexpected states"
 )]
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn bench(args: &[&str]) -> Value {
+fn run_bench(args: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_deputy"))
+    Command::new(env!("CARGO_BIN_EXE_deputy"))
         .arg("bench")
         .args(args)
         .arg("--json")
         .current_dir(dir.path())
         .env("RUST_LOG", "warn")
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn bench(args: &[&str]) -> Value {
+    let output = run_bench(args);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -30,21 +35,94 @@ fn bench(args: &[&str]) -> Value {
     serde_json::from_str(&stdout).unwrap()
 }
 
+fn count(report: &Value, key: &str) -> u64 {
+    report[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not a count in {report:#}"))
+}
+
+fn figure(report: &Value, key: &str) -> f64 {
+    report[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {report:#}"))
+}
+
 #[test]
 fn a_short_churn_keeps_every_invariant() {
-    let report = bench(&["churn", "--secs", "8", "--cap", "8", "--latency-ms", "10"]);
+    let report = bench(&[
+        "churn",
+        "--secs",
+        "8",
+        "--cap",
+        "8",
+        "--latency-ms",
+        "10",
+        "--seed",
+        "7",
+    ]);
+    for key in [
+        "scenario",
+        "secs",
+        "cap",
+        "tasks",
+        "completed",
+        "failures",
+        "cancelled",
+        "cancels",
+        "cap_writes",
+        "cap_changes",
+        "tasks_per_s",
+        "rss_samples_bytes",
+        "peak_rss_bytes",
+        "max_finished",
+        "retention_samples",
+        "retention_violations",
+        "retained_max",
+        "retained_bound",
+        "leaked_slots",
+        "starts",
+        "stops",
+        "unpaired",
+        "undelivered",
+        "invariants_ok",
+    ] {
+        assert!(report.get(key).is_some(), "no {key} in {report:#}");
+    }
+    assert_eq!(report["scenario"], "churn");
     assert_eq!(report["invariants_ok"], true, "{report:#}");
     assert_eq!(report["leaked_slots"], 0, "{report:#}");
     assert_eq!(report["unpaired"], 0, "{report:#}");
     assert_eq!(report["undelivered"], 0, "{report:#}");
     assert_eq!(report["starts"], report["stops"], "{report:#}");
-    assert!(report["tasks"].as_u64().unwrap() > 100, "{report:#}");
-    assert!(report["cancels"].as_u64().unwrap() > 0, "{report:#}");
-    assert!(report["failures"].as_u64().unwrap() > 0, "{report:#}");
-    assert!(report["cap_changes"].as_u64().unwrap() >= 2, "{report:#}");
-    // Memory is bounded by counting what the registry keeps, not by time.
+    // Every spawned task is read back exactly once, with its end status.
+    assert_eq!(
+        count(&report, "completed") + count(&report, "failures") + count(&report, "cancelled"),
+        count(&report, "tasks"),
+        "{report:#}"
+    );
+    // Each cancel the registry applied ends its task cancelled (shutdown
+    // may cancel more), and only written caps can be applied.
     assert!(
-        report["retained_max"].as_u64().unwrap() <= report["retained_bound"].as_u64().unwrap(),
+        count(&report, "cancels") <= count(&report, "cancelled"),
+        "{report:#}"
+    );
+    assert!(
+        count(&report, "cap_changes") <= count(&report, "cap_writes"),
+        "{report:#}"
+    );
+    // The first wave (twice the cap, spawned into an empty registry before
+    // any task can end) is the same on every machine: with seed 7 and cap 8
+    // it sends its 4th task to `flaky` (which times out) and cancels its
+    // 6th and 7th while they run their 10 ms call.
+    assert!(count(&report, "failures") > 0, "{report:#}");
+    assert!(count(&report, "cancels") > 0, "{report:#}");
+    // Memory is bounded by counting what the registry keeps, checked at
+    // every sample against that sample's own counts, not by time.
+    assert!(count(&report, "retention_samples") > 0, "{report:#}");
+    assert_eq!(report["retention_violations"], 0, "{report:#}");
+    assert_eq!(report["max_finished"], 512, "{report:#}");
+    assert!(
+        count(&report, "retained_max") <= count(&report, "retained_bound"),
         "{report:#}"
     );
 }
@@ -52,10 +130,7 @@ fn a_short_churn_keeps_every_invariant() {
 #[test]
 fn burst_reports_every_figure_beside_the_baseline() {
     let report = bench(&["burst", "--tasks", "200", "--cap", "8", "--latency-ms", "5"]);
-    for key in [
-        "scenario",
-        "tasks",
-        "cap",
+    let figures = [
         "tasks_per_s",
         "handoff_p50_us",
         "handoff_p99_us",
@@ -65,14 +140,56 @@ fn burst_reports_every_figure_beside_the_baseline() {
         "peak_rss_bytes",
         "bytes_per_task",
         "hook_overhead_us",
+        "elapsed_s",
+    ];
+    for key in [
+        "scenario",
+        "tasks",
+        "cap",
+        "latency_ms",
+        "ideal_s",
         "baseline",
         "ratio_to_baseline",
-    ] {
+    ]
+    .into_iter()
+    .chain(figures)
+    {
         assert!(report.get(key).is_some(), "no {key} in {report:#}");
+    }
+    for side in [&report, &report["baseline"]] {
+        for key in figures {
+            assert!(figure(side, key) >= 0.0, "{key} in {report:#}");
+        }
+        // Quantiles of one sorted sample cannot be out of order.
+        assert!(figure(side, "handoff_p50_us") <= figure(side, "handoff_p99_us"));
+        assert!(figure(side, "handoff_p99_us") <= figure(side, "handoff_max_us"));
+        assert!(figure(side, "queue_wait_p50_ms") <= figure(side, "queue_wait_p99_ms"));
+        // The rate is the tasks over the elapsed time of the same run.
+        let done = figure(side, "tasks_per_s") * figure(side, "elapsed_s");
+        assert!((done - 200.0).abs() < 1e-6, "{done} tasks in {report:#}");
     }
     assert_eq!(report["scenario"], "burst");
     assert_eq!(report["tasks"], 200);
-    assert!(report["tasks_per_s"].as_f64().unwrap() > 0.0);
-    assert!(report["baseline"]["tasks_per_s"].as_f64().unwrap() > 0.0);
-    assert!(report["hook_overhead_us"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["cap"], 8);
+    assert_eq!(report["latency_ms"], 5);
+    // 200 tasks × 5 ms ÷ 8 slots.
+    assert!(
+        (figure(&report, "ideal_s") - 0.125).abs() < 1e-9,
+        "{report:#}"
+    );
+    let ratio = figure(&report, "tasks_per_s") / figure(&report["baseline"], "tasks_per_s");
+    assert!(
+        (figure(&report, "ratio_to_baseline") - ratio).abs() < 1e-9,
+        "{report:#}"
+    );
+    // The baseline runs no hooks.
+    assert_eq!(figure(&report["baseline"], "hook_overhead_us"), 0.0);
+}
+
+#[test]
+fn reload_refuses_zero_iterations_with_a_reason() {
+    let output = run_bench(&["reload", "--iterations", "0"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--iterations"), "{stderr}");
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// An orchestrator that starts a researcher in the background and answers
-/// at once; the researcher takes a second.
+/// at once; the researcher takes `LATENCY` ms.
 const CONFIG_TEMPLATE: &str = r#"
 [agent.subagents]
 max_concurrent = 4
@@ -107,18 +107,24 @@ impl Chat {
 
     /// Waits until stdout or stderr holds `wanted`; returns that stream.
     fn expect(&self, wanted: &str) -> String {
+        self.expect_times(wanted, 1)
+    }
+
+    /// Waits until stdout or stderr holds `wanted` at least `times` times;
+    /// returns that stream.
+    fn expect_times(&self, wanted: &str, times: usize) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             for stream in [&self.stdout, &self.stderr] {
                 let text = stream.lock().unwrap().clone();
-                if text.contains(wanted) {
+                if text.matches(wanted).count() >= times {
                     return text;
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!(
-            "no {wanted:?} in\nstdout:\n{}\nstderr:\n{}",
+            "not {times} times {wanted:?} in\nstdout:\n{}\nstderr:\n{}",
             self.stdout.lock().unwrap(),
             self.stderr.lock().unwrap()
         );
@@ -127,7 +133,8 @@ impl Chat {
 
 #[test]
 fn background_tasks_keep_running_between_prompts() {
-    let mut chat = Chat::start(1000);
+    // Long enough that the task is surely still running at every check.
+    let mut chat = Chat::start(60_000);
     chat.expect("deputy chat with orchestrator");
     chat.send("Research the Go memory model");
     chat.expect("Started a researcher in the background.");
@@ -135,6 +142,27 @@ fn background_tasks_keep_running_between_prompts() {
 
     chat.send("/tasks");
     chat.expect("  researcher   running");
+
+    // The next prompt is answered while the researcher goes on.
+    chat.send("What came back?");
+    chat.expect("Here is what came back.");
+    chat.send("/tasks");
+    chat.expect_times("  researcher   running", 2);
+    chat.send("/settings");
+    chat.expect("max_concurrent = 4");
+    chat.send("/quit");
+    chat.expect("stopped 1 background tasks still running");
+    let status = chat.child.wait().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_finished_background_task_is_announced_and_read_with_wait() {
+    let mut chat = Chat::start(1000);
+    chat.expect("deputy chat with orchestrator");
+    chat.send("Research the Go memory model");
+    chat.expect("Started a researcher in the background.");
+    chat.expect("(1 background tasks still running; /tasks shows them)");
 
     // The notice names the task; /wait reads its result.
     let stderr = chat.expect("researcher completed; /wait ");

@@ -174,6 +174,21 @@ async fn settings_until(
     settings
 }
 
+/// Waits until the server reports a failed reload, checks its error says
+/// `why`, and returns the settings it reported.
+async fn reload_failure(client: &reqwest::Client, server: &Server, why: &str) -> Value {
+    let settings =
+        settings_until(client, server, |settings| settings["reload"]["ok"] == false).await;
+    assert_eq!(settings["reload"]["ok"], false, "{settings}");
+    assert!(
+        settings["reload"]["error"]
+            .as_str()
+            .is_some_and(|error| error.contains(why)),
+        "the reload error should say {why:?}: {settings}"
+    );
+    settings
+}
+
 /// Waits (up to 5 s) until the server's log holds `line`: it arrives
 /// through a pipe and a reader thread.
 async fn log_until(server: &Server, line: &str) {
@@ -283,6 +298,19 @@ async fn tasks_are_spawned_listed_waited_for_and_cancelled() {
         (status, body["error"]["code"].as_str()),
         (404, Some("unknown_agent"))
     );
+
+    // The selector's reading of a name: any case of "auto", or a blank
+    // one, picks; a named agent may be padded.
+    for agent in ["AUTO", " Auto ", "", "  ", " researcher "] {
+        let (status, body) = post(
+            &client,
+            &server.url("/v1/tasks"),
+            json!({"agent": agent, "task": "Summarise Zig"}),
+        )
+        .await;
+        assert_eq!(status, 202, "{agent:?}: {body}");
+        assert_eq!(body["agent"], "researcher", "{agent:?}: {body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,6 +501,67 @@ async fn runs_metrics_and_events_are_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_run_lists_its_tasks_as_a_finished_one_does() {
+    // Slow enough that the run is surely seen running with its sub-agents.
+    let server = Server::start(&config(3000, "", ""), &[]);
+    let client = reqwest::Client::new();
+    let (status, created) = post(
+        &client,
+        &server.url("/v1/runs"),
+        json!({"prompt": "Compare Go and Rust"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{created}");
+    let run_id = created["run_id"].as_str().unwrap().to_owned();
+    let run_url = server.url(&format!("/v1/runs/{run_id}"));
+
+    let mut running = Value::Null;
+    for _ in 0..400 {
+        running = get(&client, &run_url).await.1;
+        if running["status"] != "running" || running["tasks"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(running["status"], "running", "{running}");
+    let tasks = running["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 2, "{running}");
+    for task in tasks {
+        assert_eq!(task["parent_id"], run_id.as_str(), "{task}");
+        assert_eq!(task["agent"], "researcher", "{task}");
+        assert_eq!(task["depth"], 1, "{task}");
+        assert!(task["id"].is_string(), "{task}");
+        assert!(task["elapsed_ms"].is_u64(), "{task}");
+        assert!(task.get("task_id").is_none(), "{task}");
+    }
+
+    let (status, done) = get(
+        &client,
+        &server.url(&format!("/v1/runs/{run_id}?wait=true&timeout_ms=60000")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(done["status"], "completed", "{done}");
+    let finished = done["tasks"].as_array().unwrap();
+    let keys = |task: &Value| {
+        let mut keys: Vec<String> = task.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let ids = |tasks: &[Value]| {
+        tasks
+            .iter()
+            .map(|task| task["id"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(tasks), ids(finished), "{running}\n{done}");
+    for (before, after) in tasks.iter().zip(finished) {
+        assert_eq!(keys(before), keys(after), "{before}\n{after}");
+        assert_eq!(after["status"], "completed", "{after}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editing_the_file_raises_the_cap_for_queued_tasks_and_a_bad_edit_is_reported() {
     let server = Server::start(
         &config(3000, "max_concurrent = 1\nqueue_wait_ms = 600000", ""),
@@ -510,17 +599,7 @@ async fn editing_the_file_raises_the_cap_for_queued_tasks_and_a_bad_edit_is_repo
         "[agent.subagents]\nmax_concurrent = -1\n",
     )
     .unwrap();
-    let settings = settings_until(&client, &server, |settings| {
-        settings["reload"]["ok"] == false
-    })
-    .await;
-    assert_eq!(settings["reload"]["ok"], false, "{settings}");
-    assert!(
-        settings["reload"]["error"]
-            .as_str()
-            .unwrap()
-            .contains("keeping the last good settings")
-    );
+    let settings = reload_failure(&client, &server, "keeping the last good settings").await;
     assert_eq!(settings["subagents"]["max_concurrent"], 3);
 }
 
@@ -575,7 +654,8 @@ async fn sigterm_past_the_drain_limit_cancels_and_still_fires_every_stop() {
             "max_concurrent = 2\nqueue_wait_ms = 600000",
             "\n[hooks.audit]\npath = \"audit.jsonl\"\n\n[server]\ndrain_secs = 0\n",
         ),
-        &[],
+        // The API logs when a wait begins, at debug.
+        &[("RUST_LOG", "info,deputy::api=debug")],
     );
     let client = reqwest::Client::new();
     let ids = start_tasks(&client, &server, 2).await;
@@ -587,10 +667,20 @@ async fn sigterm_past_the_drain_limit_cancels_and_still_fires_every_stop() {
             .get(server.url(&format!("/v1/tasks/{}?wait=true", ids[0])))
             .send(),
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The wait is in its handler before the signal, so it is the stop,
+    // not a closed connection, that must end it.
+    log_until(&server, "waiting for the task to finish").await;
     assert_eq!(server.terminate(), Some(0), "{}", server.log());
     drop(events);
-    waiting.abort();
+    // The wait answered (with the task still running), rather than having
+    // its connection closed under it.
+    let waited = waiting.await.unwrap().unwrap();
+    assert_eq!(waited.status().as_u16(), 200, "{}", server.log());
+    assert!(
+        !server.log().contains("connections still open"),
+        "the stop did not end the stream and the wait:\n{}",
+        server.log()
+    );
     assert!(
         server
             .log()
@@ -663,11 +753,10 @@ async fn a_rename_save_and_a_delete_and_recreate_apply_through_the_server() {
 
     // Delete, then write it again.
     std::fs::remove_file(server.config_path()).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, settings) = get(&client, &server.url("/v1/settings")).await;
+    let settings = reload_failure(&client, &server, "cannot read").await;
     assert_eq!(
         settings["subagents"]["max_concurrent"], 4,
-        "the last good settings stay"
+        "the last good settings stay: {settings}"
     );
     std::fs::write(
         server.config_path(),

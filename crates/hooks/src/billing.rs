@@ -28,12 +28,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use async_trait::async_trait;
 use deputy_registry::{
     HookError, Registry, StartDecision, SubagentStartEvent, SubagentStartHook, SubagentStopEvent,
-    SubagentStopHook, TaskId, TaskLabels, TaskStatus, WeakRegistry,
+    SubagentStopHook, TaskId, TaskStatus, WeakRegistry,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -188,7 +188,7 @@ impl BillingBuilder {
             agent_budgets: self.agent_budgets,
             state: Mutex::new(BillingState {
                 spend,
-                open: HashMap::new(),
+                open: HashSet::new(),
                 unknown_models: HashSet::new(),
                 unknown_price_tasks: 0,
             }),
@@ -226,16 +226,11 @@ struct BillingState {
     spend: Spend,
     /// Tasks allowed to start and not yet billed, whatever their status:
     /// a task that has ended but whose stop hook has not run yet still
-    /// counts, through its live usage.
-    open: HashMap<TaskId, OpenTask>,
+    /// counts, through its live usage. Agent, labels and usage are read
+    /// from the registry, which already holds them.
+    open: HashSet<TaskId>,
     unknown_models: HashSet<String>,
     unknown_price_tasks: u64,
-}
-
-#[derive(Debug, Clone)]
-struct OpenTask {
-    agent: Arc<str>,
-    labels: TaskLabels,
 }
 
 #[derive(Debug, Default)]
@@ -302,22 +297,20 @@ impl Billing {
 
     /// What tasks started but not yet billed (all, and `agent`'s) have
     /// spent so far, read from the registry's live usage.
-    fn open_spend(&self, open: &[(TaskId, OpenTask)], agent: &str) -> (f64, f64) {
-        let Some(registry) = self.registry.get().and_then(WeakRegistry::upgrade) else {
-            return (0.0, 0.0);
-        };
+    fn open_spend(&self, registry: &Registry, open: &[TaskId], agent: &str) -> (f64, f64) {
         let mut total = 0.0;
         let mut mine = 0.0;
-        for (id, task) in open {
+        for id in open {
+            // A task the registry no longer holds has nothing live to count.
             let Some(snapshot) = registry.get(*id) else {
                 continue;
             };
             let cost = self
                 .prices
-                .cost(&task.labels, &snapshot.usage)
+                .cost(&snapshot.labels, &snapshot.usage)
                 .unwrap_or(0.0);
             total += cost;
-            if &*task.agent == agent {
+            if &*snapshot.agent == agent {
                 mine += cost;
             }
         }
@@ -378,8 +371,11 @@ impl SubagentStartHook for Billing {
                 ),
             });
         }
+        let registry = self.registry.get().and_then(WeakRegistry::upgrade);
         // One look at the state, so no task is counted both as spent and
-        // as open, or as neither.
+        // as open, or as neither. Only the ids are copied, and only when
+        // there is a registry to read their usage from: reading it here
+        // would hold this lock while taking the registry's.
         let (spent_total, spent_mine, open) = {
             let state = self.state.lock();
             let mine = state
@@ -388,14 +384,17 @@ impl SubagentStartHook for Billing {
                 .get(&*task.agent)
                 .copied()
                 .unwrap_or(0.0);
-            let open: Vec<(TaskId, OpenTask)> = state
-                .open
-                .iter()
-                .map(|(id, open)| (*id, open.clone()))
-                .collect();
+            let open: Vec<TaskId> = if registry.is_some() {
+                state.open.iter().copied().collect()
+            } else {
+                Vec::new()
+            };
             (state.spend.total, mine, open)
         };
-        let (open_total, open_mine) = self.open_spend(&open, &task.agent);
+        let (open_total, open_mine) = match &registry {
+            Some(registry) => self.open_spend(registry, &open, &task.agent),
+            None => (0.0, 0.0),
+        };
         let denial = self
             .budget
             .and_then(|budget| exhausted("budget", spent_total, open_total, budget))
@@ -408,13 +407,7 @@ impl SubagentStartHook for Billing {
         if let Some(reason) = denial {
             return Ok(StartDecision::Deny { reason });
         }
-        self.state.lock().open.insert(
-            task.id,
-            OpenTask {
-                agent: task.agent.clone(),
-                labels: task.labels.clone(),
-            },
-        );
+        self.state.lock().open.insert(task.id);
         Ok(StartDecision::Allow)
     }
 }

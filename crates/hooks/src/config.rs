@@ -6,7 +6,7 @@
 //! built-in hooks first, then the configured ones in file order.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -381,7 +381,7 @@ impl HooksSettings {
             .and_then(|billing| billing.ledger.as_ref())
             .map(|path| base_dir.join(path));
         if let (Some(audit), Some(ledger)) = (&audit_path, &ledger_path)
-            && std::path::absolute(audit).ok() == std::path::absolute(ledger).ok()
+            && same_file(audit, ledger)
         {
             return Err(HookConfigError::one(format!(
                 "hooks.audit.path and billing.ledger: both are {}; give each its own file",
@@ -391,23 +391,22 @@ impl HooksSettings {
         let metrics = self
             .metrics
             .then(|| Arc::new(Metrics::with_prices(self.prices.clone())));
-        let audit = self.audit.as_ref().and_then(|(path, sync)| {
-            AuditLog::open_with(
-                &base_dir.join(path),
-                *sync,
-                session_id.clone(),
-                self.prices.clone(),
-            )
-            .map_err(|error| problems.extend(error.problems().iter().cloned()))
-            .ok()
-            .map(Arc::new)
-        });
+        let audit = self
+            .audit
+            .as_ref()
+            .zip(audit_path)
+            .and_then(|((_, sync), path)| {
+                AuditLog::open_with(&path, *sync, session_id.clone(), self.prices.clone())
+                    .map_err(|error| problems.extend(error.problems().iter().cloned()))
+                    .ok()
+                    .map(Arc::new)
+            });
         let billing = self.billing.as_ref().and_then(|settings| {
             let mut builder = Billing::builder()
                 .prices(self.prices.clone())
                 .sync(settings.sync);
-            if let Some(ledger) = &settings.ledger {
-                builder = builder.ledger(base_dir.join(ledger));
+            if let Some(ledger) = ledger_path {
+                builder = builder.ledger(ledger);
             }
             if let Some(budget) = settings.budget_usd {
                 builder = builder.budget(budget);
@@ -578,6 +577,54 @@ impl BuildContext<'_> {
             }
         }
     }
+}
+
+/// Whether two paths name the same file: by where they resolve to when
+/// both (or their directories) exist, else by what they say once `.` and
+/// `..` are taken out.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (canonical(a), canonical(b)) {
+        // Canonical paths follow symlinks, which make `..` mean another
+        // directory than the text says.
+        (Some(a), Some(b)) => a == b,
+        _ => lexical(a) == lexical(b),
+    }
+}
+
+/// The path with symlinks, `.` and `..` resolved; a file that does not
+/// exist yet is placed in its resolved directory.
+fn canonical(path: &Path) -> Option<PathBuf> {
+    if let Ok(resolved) = path.canonicalize() {
+        return Some(resolved);
+    }
+    let name = path.file_name()?;
+    let parent = match path.parent()? {
+        parent if parent.as_os_str().is_empty() => Path::new("."),
+        parent => parent,
+    };
+    Some(parent.canonicalize().ok()?.join(name))
+}
+
+/// The path made absolute (when the working directory is known) with `.`
+/// and `..` taken out by their text alone.
+fn lexical(path: &Path) -> PathBuf {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut normal = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => match normal.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    normal.pop();
+                }
+                // `/..` is `/`.
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                Some(Component::CurDir | Component::ParentDir) | None => normal.push(".."),
+            },
+            other => normal.push(other),
+        }
+    }
+    normal
 }
 
 /// Checks one list of entries, adding problems as `section[i].key: ...`.

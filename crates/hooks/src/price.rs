@@ -183,9 +183,15 @@ impl PriceTable {
     /// Local providers are free. Otherwise the model name is looked up as
     /// given, then without a `provider/` prefix (`openai/gpt-4o`).
     pub fn lookup(&self, provider: Option<&str>, model: Option<&str>) -> PriceLookup<'_> {
-        if provider.is_some_and(|provider| LOCAL_PROVIDERS.contains(&provider)) {
+        if provider.is_some_and(is_local) {
             return PriceLookup::Free;
         }
+        self.lookup_model(model)
+    }
+
+    /// The price of `model` as given, then without a `provider/` prefix,
+    /// whoever serves it.
+    fn lookup_model(&self, model: Option<&str>) -> PriceLookup<'_> {
         let Some(model) = model else {
             return PriceLookup::Unknown;
         };
@@ -198,17 +204,15 @@ impl PriceTable {
     }
 
     /// The price for a task with these labels: free when its provider's
-    /// kind (or, without a kind, its name) is a local one, else
-    /// [`lookup`](Self::lookup) by provider and model.
+    /// kind (or, without a kind, its name) is a local one, else the model's
+    /// price.
     pub fn lookup_labels(&self, labels: &TaskLabels) -> PriceLookup<'_> {
-        if labels
-            .provider_kind
-            .as_deref()
-            .is_some_and(|kind| LOCAL_PROVIDERS.contains(&kind))
-        {
-            return PriceLookup::Free;
+        match labels.provider_kind.as_deref() {
+            // A name is only a label: a hosted backend called `ollama` bills.
+            Some(kind) if is_local(kind) => PriceLookup::Free,
+            Some(_) => self.lookup_model(labels.model.as_deref()),
+            None => self.lookup(labels.provider.as_deref(), labels.model.as_deref()),
         }
-        self.lookup(labels.provider.as_deref(), labels.model.as_deref())
     }
 
     /// What `usage` costs for a task with these labels, in US dollars;
@@ -220,6 +224,11 @@ impl PriceTable {
             PriceLookup::Unknown => None,
         }
     }
+}
+
+/// Whether a provider kind (or name) runs locally and bills nothing.
+fn is_local(provider: &str) -> bool {
+    LOCAL_PROVIDERS.contains(&provider)
 }
 
 #[cfg(test)]
@@ -249,6 +258,34 @@ mod tests {
             ..labels
         };
         assert_eq!(table.lookup_labels(&hosted), PriceLookup::Unknown);
+    }
+
+    #[test]
+    fn a_hosted_kind_bills_even_when_named_like_a_local_provider() {
+        let table = PriceTable::empty().with_price("gpt-x", ModelPrice::new(1.0, 2.0));
+        let named_ollama = |model: &str| TaskLabels {
+            provider: Some("ollama".into()),
+            provider_kind: Some("openai".into()),
+            model: Some(model.into()),
+        };
+        assert_eq!(
+            table.lookup_labels(&named_ollama("mystery")),
+            PriceLookup::Unknown
+        );
+        assert_eq!(
+            table.cost(&named_ollama("mystery"), &Usage::default()),
+            None
+        );
+        let usage = Usage {
+            input_tokens: 1_000_000,
+            ..Usage::default()
+        };
+        assert_eq!(table.cost(&named_ollama("gpt-x"), &usage), Some(1.0));
+        // Without a kind the name is all there is to go on.
+        assert_eq!(
+            table.lookup_labels(&labels("ollama", "mystery")),
+            PriceLookup::Free
+        );
     }
 
     #[test]

@@ -496,7 +496,11 @@ impl Inner {
                 }
                 Ok(response) => {
                     let status = response.status();
-                    last_problem = format!("{} answered {status}", self.shown_url);
+                    last_problem = if status.is_redirection() {
+                        self.moved(status, response.headers())
+                    } else {
+                        format!("{} answered {status}", self.shown_url)
+                    };
                     status.is_server_error()
                         || status == StatusCode::TOO_MANY_REQUESTS
                         || status == StatusCode::REQUEST_TIMEOUT
@@ -521,6 +525,30 @@ impl Inner {
             }
         }
         Err(format!("gave up after {attempts} attempts: {last_problem}"))
+    }
+
+    /// Why a redirect answer failed, and where the receiver moved to (its
+    /// `Location`, redacted like the configured URL: it may carry a token).
+    fn moved(&self, status: StatusCode, headers: &reqwest::header::HeaderMap) -> String {
+        let location = headers
+            .get(reqwest::header::LOCATION)
+            .and_then(|value| value.to_str().ok())
+            .map(|location| match self.url.join(location) {
+                Ok(moved) => display_url(&moved),
+                Err(_) => redact_url_text(location),
+            });
+        match location {
+            Some(moved) => format!(
+                "{} answered {status}, moved to {moved}; redirects are not followed: \
+                 set url to the address it moved to",
+                self.shown_url
+            ),
+            None => format!(
+                "{} answered {status} without a location; redirects are not followed: \
+                 set url to the receiver's current address",
+                self.shown_url
+            ),
+        }
     }
 
     fn finish_job(&self) {

@@ -111,20 +111,6 @@ pub(crate) fn body_or_status(status: StatusCode, body: &str) -> String {
     }
 }
 
-/// Adds a header that carries a key, marked sensitive so it is never
-/// printed.
-pub(crate) fn insert_secret(
-    headers: &mut HeaderMap,
-    name: HeaderName,
-    value: &str,
-) -> Result<(), String> {
-    let mut value = HeaderValue::from_str(value)
-        .map_err(|_| "the API key contains characters a header cannot carry".to_owned())?;
-    value.set_sensitive(true);
-    headers.insert(name, value);
-    Ok(())
-}
-
 /// Headers that carry `key`, if there is one, in header `name` after
 /// `prefix` (marked sensitive).
 pub(crate) fn key_headers(
@@ -134,7 +120,11 @@ pub(crate) fn key_headers(
 ) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
     if let Some(key) = key {
-        insert_secret(&mut headers, name, &format!("{prefix}{}", key.expose()))?;
+        let mut value = HeaderValue::from_str(&format!("{prefix}{}", key.expose()))
+            .map_err(|_| "the API key contains characters a header cannot carry".to_owned())?;
+        // Sensitive values are never printed, by Debug or otherwise.
+        value.set_sensitive(true);
+        headers.insert(name, value);
     }
     Ok(headers)
 }

@@ -302,7 +302,7 @@ impl Registry {
         // What needs no lock is made before the lock is taken.
         let prepared = Prepared::new(spec, root);
         let id = prepared.id();
-        let new = self.shared.state.lock().spawn(prepared, root)?;
+        let new = self.shared.state.lock().spawn(prepared)?;
         let cell = new.cell.clone();
         let guard = SettleGuard::new(self.clone(), new.cell);
         let (status, join) = match new.admission {
@@ -610,7 +610,7 @@ mod tests {
         let registry = Registry::builder().build();
         let prepared = Prepared::new(TaskSpec::new("probe", "size"), false);
         let id = prepared.id();
-        let new = registry.shared.state.lock().spawn(prepared, false).unwrap();
+        let new = registry.shared.state.lock().spawn(prepared).unwrap();
         let future = task::run_admitted(
             None,
             |_| async { Ok(String::new()) },

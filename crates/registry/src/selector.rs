@@ -85,6 +85,16 @@ pub struct SelectionRequest<'a> {
     pub required_capabilities: &'a [String],
 }
 
+impl<'a> SelectionRequest<'a> {
+    /// The agent the request names, trimmed; `None` when it leaves the pick
+    /// to the strategy (no name, a blank one, or `auto` in any case).
+    pub fn named(&self) -> Option<&'a str> {
+        self.agent
+            .map(str::trim)
+            .filter(|name| !name.is_empty() && !name.eq_ignore_ascii_case("auto"))
+    }
+}
+
 /// How the winner was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "mode", content = "strategy")]
@@ -165,11 +175,7 @@ impl Selector {
         if candidates.is_empty() {
             return Err(SelectionError::NoAgents);
         }
-        let named = request
-            .agent
-            .map(str::trim)
-            .filter(|name| !name.is_empty() && !name.eq_ignore_ascii_case("auto"));
-        if let Some(name) = named {
+        if let Some(name) = request.named() {
             return match candidates.iter().find(|c| &*c.name == name) {
                 Some(candidate) => Ok(Selection {
                     agent: candidate.name.clone(),
@@ -415,6 +421,29 @@ mod tests {
                 selection.mode,
                 SelectionMode::Strategy(Strategy::LeastLoaded)
             );
+        }
+    }
+
+    #[test]
+    fn named_is_the_trimmed_name_unless_it_means_auto() {
+        let named = |agent| {
+            SelectionRequest {
+                agent,
+                ..Default::default()
+            }
+            .named()
+        };
+        assert_eq!(named(Some(" writer ")), Some("writer"));
+        assert_eq!(named(Some("Writer")), Some("Writer"));
+        for agent in [
+            None,
+            Some(""),
+            Some("  "),
+            Some("auto"),
+            Some(" AUTO "),
+            Some("Auto"),
+        ] {
+            assert_eq!(named(agent), None, "{agent:?}");
         }
     }
 

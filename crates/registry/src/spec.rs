@@ -87,12 +87,14 @@ impl TaskSpec {
     }
 
     /// Sets every label at once.
+    #[must_use]
     pub fn labels(mut self, labels: TaskLabels) -> Self {
         self.labels = labels;
         self
     }
 
     /// Sets the provider kind label.
+    #[must_use]
     pub fn provider_kind(mut self, kind: impl Into<Arc<str>>) -> Self {
         self.labels.provider_kind = Some(kind.into());
         self

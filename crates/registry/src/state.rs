@@ -76,7 +76,6 @@ impl TaskCell {
     fn new(
         prepared: PreparedCell,
         spec: TaskSpec,
-        root: bool,
         depth: u32,
         token: CancellationToken,
     ) -> Arc<Self> {
@@ -87,7 +86,7 @@ impl TaskCell {
             parent: spec.parent,
             labels: spec.labels,
             background: spec.background,
-            root,
+            root: prepared.root,
             depth,
             created: prepared.created,
             created_at: prepared.created_at,
@@ -187,6 +186,7 @@ pub(crate) enum Prepared {
 #[derive(Debug)]
 pub(crate) struct PreparedCell {
     id: TaskId,
+    root: bool,
     created: Instant,
     created_at: SystemTime,
 }
@@ -195,6 +195,7 @@ impl Prepared {
     pub(crate) fn new(spec: TaskSpec, root: bool) -> Self {
         let cell = PreparedCell {
             id: TaskId::new_random(),
+            root,
             created: Instant::now(),
             created_at: SystemTime::now(),
         };
@@ -203,13 +204,7 @@ impl Prepared {
             // every task by id.
             None => {
                 let depth = u32::from(!root);
-                Self::Parentless(TaskCell::new(
-                    cell,
-                    spec,
-                    root,
-                    depth,
-                    CancellationToken::new(),
-                ))
+                Self::Parentless(TaskCell::new(cell, spec, depth, CancellationToken::new()))
             }
             Some(parent) => Self::Child { parent, cell, spec },
         }
@@ -226,6 +221,14 @@ impl Prepared {
         match self {
             Self::Parentless(cell) => &cell.agent,
             Self::Child { spec, .. } => &spec.agent,
+        }
+    }
+
+    /// Whether it is a root run (see `Registry::spawn_root`).
+    fn root(&self) -> bool {
+        match self {
+            Self::Parentless(cell) => cell.root,
+            Self::Child { cell, .. } => cell.root,
         }
     }
 }
@@ -425,9 +428,9 @@ impl State {
 
     // ----- spawning -------------------------------------------------------
 
-    pub(crate) fn spawn(&mut self, prepared: Prepared, root: bool) -> Result<NewTask, SpawnError> {
+    pub(crate) fn spawn(&mut self, prepared: Prepared) -> Result<NewTask, SpawnError> {
         self.refresh_settings();
-        let result = self.try_spawn(prepared, root);
+        let result = self.try_spawn(prepared);
         match &result {
             Ok(_) => self.counters.spawned += 1,
             Err(_) => self.counters.refused += 1,
@@ -435,7 +438,8 @@ impl State {
         result
     }
 
-    fn try_spawn(&mut self, prepared: Prepared, root: bool) -> Result<NewTask, SpawnError> {
+    fn try_spawn(&mut self, prepared: Prepared) -> Result<NewTask, SpawnError> {
+        let root = prepared.root();
         if self.shutting_down {
             return Err(SpawnError::ShuttingDown);
         }
@@ -476,7 +480,7 @@ impl State {
                 let depth = parent.depth.saturating_add(1);
                 let token = parent.token.child_token();
                 (
-                    TaskCell::new(cell, spec, root, depth, token),
+                    TaskCell::new(cell, spec, depth, token),
                     waits_for_lend.then_some((parent_id, can_lend)),
                 )
             }

@@ -28,6 +28,22 @@ fn billed(
     (billing, registry, stops)
 }
 
+/// Runs one task of `agent` on house-model that spends `input_tokens`.
+async fn house_task(
+    registry: &deputy_registry::Registry,
+    agent: &str,
+    input_tokens: u64,
+) -> deputy_registry::TaskSnapshot {
+    run(
+        registry,
+        agent,
+        "openai",
+        "house-model",
+        Work::Complete(usage(input_tokens, 0)),
+    )
+    .await
+}
+
 /// Runs one task of `agent` on house-model that spends `input_tokens`,
 /// and waits until its stop hooks have run.
 async fn spend(
@@ -36,14 +52,7 @@ async fn spend(
     agent: &str,
     input_tokens: u64,
 ) -> deputy_registry::TaskSnapshot {
-    let task = run(
-        registry,
-        agent,
-        "openai",
-        "house-model",
-        Work::Complete(usage(input_tokens, 0)),
-    )
-    .await;
+    let task = house_task(registry, agent, input_tokens).await;
     stops.next().await;
     task
 }
@@ -121,16 +130,8 @@ async fn a_spent_budget_denies_the_next_start_with_the_amounts() {
         billed(Billing::builder().prices(house_prices()).budget(5.0));
 
     // 5.02 million input tokens at $1 per million.
-    let first = run(
-        &registry,
-        "researcher",
-        "openai",
-        "house-model",
-        Work::Complete(usage(5_020_000, 0)),
-    )
-    .await;
+    let first = spend(&registry, &mut stops, "researcher", 5_020_000).await;
     assert_eq!(first.status, TaskStatus::Completed);
-    stops.next().await;
 
     let second = spend(&registry, &mut stops, "researcher", 1).await;
     assert_eq!(second.status, TaskStatus::Failed);
@@ -418,25 +419,11 @@ async fn an_ended_task_not_yet_billed_still_counts_against_the_budget() {
     );
     billing.attach(&registry);
 
-    let first = run(
-        &registry,
-        "researcher",
-        "openai",
-        "house-model",
-        Work::Complete(usage(6_000_000, 0)),
-    )
-    .await;
+    let first = house_task(&registry, "researcher", 6_000_000).await;
     assert_eq!(first.status, TaskStatus::Completed);
     assert_eq!(billing.spent(), 0.0, "not billed yet");
 
-    let second = run(
-        &registry,
-        "researcher",
-        "openai",
-        "house-model",
-        Work::Complete(usage(1, 0)),
-    )
-    .await;
+    let second = house_task(&registry, "researcher", 1).await;
     assert_eq!(second.status, TaskStatus::Failed);
     let message = second.failure.unwrap().message;
     assert!(

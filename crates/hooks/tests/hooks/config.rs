@@ -284,6 +284,34 @@ async fn the_audit_log_and_the_ledger_cannot_share_a_file() {
 }
 
 #[tokio::test]
+async fn a_ledger_reached_through_dot_dot_is_the_same_file_as_the_audit_log() {
+    let settings = check(
+        "[hooks.audit]\npath = \"logs/../events.jsonl\"\n\n[billing]\nledger = \"events.jsonl\"\n",
+    )
+    .unwrap();
+    // Whether or not `logs` exists, the two name one file.
+    let dir = tempfile::tempdir().unwrap();
+    let error = settings.build(dir.path(), None).unwrap_err().to_string();
+    assert!(
+        error.starts_with("hooks.audit.path and billing.ledger: both are"),
+        "{error}"
+    );
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    let error = settings.build(dir.path(), None).unwrap_err().to_string();
+    assert!(
+        error.starts_with("hooks.audit.path and billing.ledger: both are"),
+        "{error}"
+    );
+    assert!(!dir.path().join("events.jsonl").exists());
+    // Distinct files still build.
+    let apart = check(
+        "[hooks.audit]\npath = \"logs/events.jsonl\"\n\n[billing]\nledger = \"events.jsonl\"\n",
+    )
+    .unwrap();
+    assert!(apart.build(dir.path(), None).is_ok());
+}
+
+#[tokio::test]
 async fn a_missing_working_directory_is_reported_when_building() {
     let dir = tempfile::tempdir().unwrap();
     let settings = check(

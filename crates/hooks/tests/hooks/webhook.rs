@@ -296,3 +296,33 @@ async fn a_redirect_is_not_followed_or_counted_as_delivered() {
     assert_eq!((webhook.delivered(), webhook.failed()), (0, 1));
     assert_eq!(server.received_requests().await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_redirect_says_where_the_receiver_moved_without_its_secrets() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(301).insert_header(
+            "location",
+            "https://me:pw@moved.example.com/in/T0/XXXXSECRET?token=leak",
+        ))
+        .mount(&server)
+        .await;
+    let webhook = fast(&server).blocking(true).build().unwrap();
+    let error = webhook
+        .on_subagent_start(&start_event("researcher"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("301"), "{error}");
+    assert!(error.contains("redirects are not followed"), "{error}");
+    assert!(
+        error.contains("set url to the address it moved to"),
+        "{error}"
+    );
+    assert!(error.contains("https://moved.example.com/in/…"), "{error}");
+    for secret in ["s3cret", "leak", "XXXXSECRET", "pw"] {
+        assert!(!error.contains(secret), "{secret} in {error}");
+    }
+    // Not retried: asking again would get the same answer.
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+}

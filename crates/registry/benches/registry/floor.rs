@@ -64,13 +64,14 @@ struct Cell {
     join: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Set once, when the task ends. A task starts when it is created (there is
+/// no queue), so `created` is also its start; it ends completed with an
+/// output or cancelled without one; and only the collecting wait hands
+/// results over, so nothing records delivery.
 #[derive(Default)]
 struct CellState {
-    status: Option<TaskStatus>,
     output: Option<Arc<str>>,
-    started: Option<Instant>,
     ended: Option<Instant>,
-    delivered: bool,
 }
 
 impl Floor {
@@ -116,11 +117,7 @@ impl Floor {
             labels: spec.labels.clone(),
             created: now,
             token: CancellationToken::new(),
-            state: Mutex::new(CellState {
-                status: Some(TaskStatus::Running),
-                started: Some(now),
-                ..CellState::default()
-            }),
+            state: Mutex::new(CellState::default()),
             done: Notify::new(),
             join: Mutex::new(None),
         });
@@ -138,11 +135,6 @@ impl Floor {
             };
             {
                 let mut state = cell.state.lock();
-                state.status = Some(if output.is_some() {
-                    TaskStatus::Completed
-                } else {
-                    TaskStatus::Cancelled
-                });
                 state.output = output;
                 state.ended = Some(Instant::now());
             }
@@ -155,8 +147,8 @@ impl Floor {
         Some(id)
     }
 
-    /// Waits for the task to finish and returns its snapshot, marked
-    /// delivered.
+    /// Waits for the task to finish and returns its snapshot, which says
+    /// delivered as the registry's collecting wait does.
     pub(crate) async fn wait(&self, id: TaskId) -> Option<TaskSnapshot> {
         let cell = self.shard(id).lock().get(&id)?.clone();
         loop {
@@ -174,9 +166,8 @@ impl Floor {
     }
 
     fn collect(&self, cell: &Cell) -> Option<TaskSnapshot> {
-        let mut state = cell.state.lock();
+        let state = cell.state.lock();
         let ended = state.ended?;
-        state.delivered = true;
         drop(cell.join.lock().take());
         let (epoch, epoch_at) = self.shared.epoch;
         let at = |instant: Instant| epoch_at + instant.saturating_duration_since(epoch);
@@ -189,17 +180,19 @@ impl Floor {
             depth: 1,
             background: true,
             root: false,
-            status: state.status.unwrap_or(TaskStatus::Running),
+            status: if state.output.is_some() {
+                TaskStatus::Completed
+            } else {
+                TaskStatus::Cancelled
+            },
             failure: None,
             output: state.output.clone(),
             usage: Usage::default(),
             created_at: at(cell.created),
-            started_at: state.started.map(at),
+            started_at: Some(at(cell.created)),
             ended_at: Some(at(ended)),
             queued_for: Duration::ZERO,
-            run_time: state
-                .started
-                .map(|started| ended.saturating_duration_since(started)),
+            run_time: Some(ended.saturating_duration_since(cell.created)),
             delivered: true,
         })
     }

@@ -279,11 +279,17 @@ fn instructions_of(workload: &str, tasks: usize) -> u64 {
         String::from_utf8_lossy(&output.stderr)
     );
     // callgrind ends with a line such as "==123== Collected : 88401958".
-    String::from_utf8_lossy(&output.stderr)
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    stderr
         .lines()
         .find_map(|line| line.split("Collected :").nth(1))
         .and_then(|count| count.trim().parse().ok())
-        .unwrap()
+        .unwrap_or_else(|| {
+            panic!(
+                "no `Collected : N` count in callgrind's output for {workload} ({tasks} tasks); \
+                 check that this valgrind's callgrind prints one. Its stderr:\n{stderr}"
+            )
+        })
 }
 
 /// Per sample: when the previous task's work returned, when this one's began.
