@@ -77,8 +77,11 @@ pub enum RunOutcome {
     Neutral,
 }
 
-/// Weight of the newest sample in the latency EWMA.
-const LATENCY_EWMA_WEIGHT: f64 = 0.3;
+/// Weight of the newest sample in the latency EWMA, in tenths (0.3). Kept
+/// in integers: the mean is updated under the registry's lock on every
+/// successful task, and float conversions of a `Duration` cost several
+/// times the integer arithmetic.
+const LATENCY_EWMA_WEIGHT_TENTHS: u64 = 3;
 /// Events are counted in this many buckets per window, which bounds memory
 /// whatever the task rate.
 const BUCKETS_PER_WINDOW: u32 = 64;
@@ -185,16 +188,18 @@ impl LoadTracker {
                 (RunOutcome::Succeeded(took), _) => {
                     load.latency_ewma = Some(match load.latency_ewma {
                         None => took,
-                        Some(mean) => {
-                            mean.mul_f64(1.0 - LATENCY_EWMA_WEIGHT)
-                                + took.mul_f64(LATENCY_EWMA_WEIGHT)
-                        }
+                        Some(mean) => ewma(mean, took),
                     });
                 }
                 (RunOutcome::Failed, Some(now)) => load.failures.record(now, window),
                 _ => {}
             }
         });
+    }
+
+    /// Tasks of `agent` running now.
+    pub fn in_flight(&self, agent: &str) -> usize {
+        self.agents.get(agent).map_or(0, |load| load.in_flight)
     }
 
     /// Drops agents with nothing running and nothing recent, so names that
@@ -235,6 +240,16 @@ impl LoadTracker {
     }
 }
 
+/// The latency mean moved toward a new sample, in whole nanoseconds
+/// (saturating past about 58 years, far beyond any run).
+fn ewma(mean: Duration, sample: Duration) -> Duration {
+    let nanos = |duration: Duration| u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+    let weighted = nanos(mean)
+        .saturating_mul(10 - LATENCY_EWMA_WEIGHT_TENTHS)
+        .saturating_add(nanos(sample).saturating_mul(LATENCY_EWMA_WEIGHT_TENTHS));
+    Duration::from_nanos(weighted / 10)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +275,8 @@ mod tests {
         tracker.record_finished(&a(), RunOutcome::Neutral, WINDOW);
         let load = tracker.snapshot("a", WINDOW);
         assert_eq!(load.in_flight, 1);
+        assert_eq!(tracker.in_flight("a"), 1);
+        assert_eq!(tracker.in_flight("nobody"), 0);
         assert_eq!(load.recent_selections, 1);
         assert_eq!(load.recent_failures, 0);
     }
@@ -316,6 +333,18 @@ mod tests {
         );
         let mean = tracker.snapshot("a", WINDOW).latency_ewma.unwrap();
         assert_eq!(mean.as_millis(), 130);
+    }
+
+    #[test]
+    fn the_latency_mean_saturates_instead_of_overflowing() {
+        let huge = Duration::from_secs(u64::MAX);
+        let mean = ewma(huge, huge);
+        // u64::MAX nanoseconds, a tenth of it: about 58 years.
+        assert_eq!(mean, Duration::from_nanos(u64::MAX / 10));
+        assert_eq!(
+            ewma(Duration::from_millis(100), Duration::ZERO),
+            Duration::from_millis(70)
+        );
     }
 
     #[test]

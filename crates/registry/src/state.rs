@@ -118,8 +118,11 @@ struct Life {
     status: TaskStatus,
     failure: Option<TaskFailure>,
     output: Option<Arc<str>>,
-    started: Option<Instant>,
-    ended: Option<Instant>,
+    /// When it started and ended, as time since it was created: each is
+    /// read from the clock once, and a snapshot turns them into wall-clock
+    /// times and durations with additions alone.
+    started: Option<Duration>,
+    ended: Option<Duration>,
     slot: Slot,
     /// The foreground child this task's slot is lent to.
     lent_to: Option<TaskId>,
@@ -302,7 +305,6 @@ pub(crate) struct State {
     n_queued: usize,
     slots_in_use: usize,
     n_running_tasks: usize,
-    agent_running: FxHashMap<Arc<str>, usize>,
     agent_caps: FxHashMap<Arc<str>, usize>,
     next_seq: u64,
     /// Finished tasks in finish order, for last-resort eviction; entries
@@ -339,7 +341,6 @@ impl State {
             n_queued: 0,
             slots_in_use: 0,
             n_running_tasks: 0,
-            agent_running: FxHashMap::default(),
             agent_caps: FxHashMap::default(),
             next_seq: 0,
             finished_order: VecDeque::new(),
@@ -403,14 +404,16 @@ impl State {
         self.shutting_down = true;
     }
 
+    /// Whether `agent` is below its own cap. Its running count is the load
+    /// tracker's in-flight count: both count exactly the running tasks.
     fn agent_has_room(
-        agent_running: &FxHashMap<Arc<str>, usize>,
+        load: &LoadTracker,
         agent_caps: &FxHashMap<Arc<str>, usize>,
         agent: &str,
     ) -> bool {
         match agent_caps.get(agent) {
             None => true,
-            Some(cap) => agent_running.get(agent).copied().unwrap_or(0) < *cap,
+            Some(cap) => load.in_flight(agent) < *cap,
         }
     }
 
@@ -497,7 +500,7 @@ impl State {
         } else if let Some((parent_id, true)) = lender {
             Some(Slot::Borrowed(parent_id))
         } else if self.slots_in_use < max_concurrent
-            && Self::agent_has_room(&self.agent_running, &self.agent_caps, agent)
+            && Self::agent_has_room(&self.load, &self.agent_caps, agent)
         {
             Some(Slot::Own)
         } else {
@@ -533,7 +536,7 @@ impl State {
                     let mut life = cell.life.lock();
                     life.seq = seq;
                     life.status = TaskStatus::Running;
-                    life.started = Some(now);
+                    life.started = Some(Duration::ZERO);
                     life.slot = slot;
                 }
                 match slot {
@@ -603,13 +606,6 @@ impl State {
 
     fn note_started(&mut self, agent: &Arc<str>) {
         self.n_running_tasks += 1;
-        // Looked up first, so the common case clones no name (see `emit`).
-        match self.agent_running.get_mut(agent) {
-            Some(running) => *running += 1,
-            None => {
-                self.agent_running.insert(agent.clone(), 1);
-            }
-        }
         self.load.record_started(agent);
     }
 
@@ -645,7 +641,7 @@ impl State {
     fn pop_oldest_eligible(&mut self) -> Option<Arc<TaskCell>> {
         let mut best: Option<(u64, Arc<str>)> = None;
         for (agent, queue) in &mut self.queues {
-            if !Self::agent_has_room(&self.agent_running, &self.agent_caps, agent) {
+            if !Self::agent_has_room(&self.load, &self.agent_caps, agent) {
                 continue;
             }
             while let Some((_, cell)) = queue.waiters.front() {
@@ -675,15 +671,14 @@ impl State {
     /// wakes its future. The caller has done the queue bookkeeping and the
     /// slot accounting.
     fn admit_queued(&mut self, cell: &TaskCell, slot: Slot) {
-        let now = Instant::now();
+        let queued_for = Instant::now().saturating_duration_since(cell.created);
         let admit = {
             let mut life = cell.life.lock();
             life.status = TaskStatus::Running;
-            life.started = Some(now);
+            life.started = Some(queued_for);
             life.slot = slot;
             life.admit.take()
         };
-        let queued_for = now.saturating_duration_since(cell.created);
         if let Some(admit) = admit {
             // The receiver is gone only if the task's future was dropped,
             // whose guard then settles the task; nothing to do here.
@@ -722,7 +717,7 @@ impl State {
             LeaveReason::Deadline => {
                 let waited = Instant::now().saturating_duration_since(cell.created);
                 let agent_cap = self.agent_caps.get(agent).copied();
-                let agent_running = self.agent_running.get(agent).copied().unwrap_or(0);
+                let agent_running = self.load.in_flight(agent);
                 let message = match agent_cap {
                     Some(cap) if agent_running >= cap => format!(
                         "waited {} ms for a slot without getting one (agent `{agent}` already runs its maximum of {cap} tasks); raise that agent's max_concurrent or queue_wait_ms, or stop one of its tasks",
@@ -831,16 +826,16 @@ impl State {
     /// waiters. Its status must already be terminal.
     fn settle(&mut self, cell: &Arc<TaskCell>) {
         let now = Instant::now();
+        let ended = now.saturating_duration_since(cell.created);
         let id = cell.id;
         let (slot, lent_to, run_time, status, failure_kind) = {
             let mut life = cell.life.lock();
-            life.ended = Some(now);
+            life.ended = Some(ended);
             life.borrowers.clear();
             (
                 std::mem::replace(&mut life.slot, Slot::None),
                 life.lent_to.take(),
-                life.started
-                    .map(|started| now.saturating_duration_since(started)),
+                life.started.map(|started| ended.saturating_sub(started)),
                 life.status,
                 life.failure.as_ref().map(|failure| failure.kind),
             )
@@ -869,12 +864,6 @@ impl State {
 
         if was_running {
             self.n_running_tasks = self.n_running_tasks.saturating_sub(1);
-            if let Some(count) = self.agent_running.get_mut(&cell.agent) {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
-                    self.agent_running.remove(&cell.agent);
-                }
-            }
             let outcome = match (status, failure_kind) {
                 (TaskStatus::Completed, _) => RunOutcome::Succeeded(run_time.unwrap_or_default()),
                 (TaskStatus::Failed, Some(kind)) if kind.counts_against_agent() => {
@@ -1198,7 +1187,7 @@ fn stop_event(cell: &TaskCell) -> Option<SubagentStopEvent> {
     let ended = life.ended?;
     let duration = life
         .started
-        .map(|started| ended.saturating_duration_since(started))
+        .map(|started| ended.saturating_sub(started))
         .unwrap_or_default();
     Some(SubagentStopEvent {
         task: hook_task(cell, &life),
@@ -1207,7 +1196,7 @@ fn stop_event(cell: &TaskCell) -> Option<SubagentStopEvent> {
         output: life.output.clone(),
         duration,
         usage: *cell.usage.lock(),
-        ended_at: cell.created_at + ended.saturating_duration_since(cell.created),
+        ended_at: cell.created_at + ended,
     })
 }
 
@@ -1221,16 +1210,13 @@ fn hook_task(cell: &TaskCell, life: &Life) -> HookTask {
         depth: cell.depth,
         background: cell.background,
         created_at: cell.created_at,
-        queued_for: life
-            .started
-            .map(|started| started.saturating_duration_since(cell.created))
-            .unwrap_or_default(),
+        queued_for: life.started.unwrap_or_default(),
     }
 }
 
 fn snapshot_of(cell: &TaskCell, life: &Life, now: Instant) -> TaskSnapshot {
-    let at = |instant: Instant| cell.created_at + instant.saturating_duration_since(cell.created);
-    let queue_end = life.started.or(life.ended).unwrap_or(now);
+    // Only a task still queued or running needs the clock.
+    let age = || now.saturating_duration_since(cell.created);
     TaskSnapshot {
         id: cell.id,
         parent_id: cell.parent,
@@ -1245,12 +1231,12 @@ fn snapshot_of(cell: &TaskCell, life: &Life, now: Instant) -> TaskSnapshot {
         output: life.output.clone(),
         usage: *cell.usage.lock(),
         created_at: cell.created_at,
-        started_at: life.started.map(at),
-        ended_at: life.ended.map(at),
-        queued_for: queue_end.saturating_duration_since(cell.created),
+        started_at: life.started.map(|started| cell.created_at + started),
+        ended_at: life.ended.map(|ended| cell.created_at + ended),
+        queued_for: life.started.or(life.ended).unwrap_or_else(age),
         run_time: life
             .started
-            .map(|started| life.ended.unwrap_or(now).saturating_duration_since(started)),
+            .map(|started| life.ended.unwrap_or_else(age).saturating_sub(started)),
         delivered: life.delivered_at.is_some(),
     }
 }

@@ -110,19 +110,15 @@ fn main() {
     let room = THROUGHPUT_TASKS;
     let mut best = Throughput::default();
     for _ in 0..ROUNDS {
-        best.registry = best
-            .registry
-            .max(runtime.block_on(registry_run(room, room)));
-        best.floor = best.floor.max(runtime.block_on(floor_run(room)));
-        best.baseline = best
-            .baseline
-            .max(runtime.block_on(baseline_run(room, room)));
-        best.registry_small_cap = best
-            .registry_small_cap
-            .max(runtime.block_on(registry_run(room, SMALL_CAP)));
-        best.baseline_small_cap = best
-            .baseline_small_cap
-            .max(runtime.block_on(baseline_run(room, SMALL_CAP)));
+        best.registry
+            .keep_faster(runtime.block_on(registry_run(room, room)));
+        best.floor.keep_faster(runtime.block_on(floor_run(room)));
+        best.baseline
+            .keep_faster(runtime.block_on(baseline_run(room, room)));
+        best.registry_small_cap
+            .keep_faster(runtime.block_on(registry_run(room, SMALL_CAP)));
+        best.baseline_small_cap
+            .keep_faster(runtime.block_on(baseline_run(room, SMALL_CAP)));
     }
     print_rate(room, "registry", best.registry, best.baseline);
     // The floor has no queue, so it runs only with room for all.
@@ -132,6 +128,9 @@ fn main() {
         "registry",
         best.registry_small_cap,
         best.baseline_small_cap,
+    );
+    println!(
+        "  (each run spawns every task, then collects each in spawn order; the spawn and collect figures split its time per task)"
     );
 
     if only_throughput {
@@ -153,21 +152,64 @@ fn main() {
     println!("  baseline: {baseline_bytes:>6.0} bytes/task (a task parked on Semaphore::acquire)");
 }
 
-/// The best rate of each throughput workload, in tasks per second.
+/// The fastest run of each throughput workload.
 #[derive(Default)]
 struct Throughput {
-    registry: f64,
-    floor: f64,
-    baseline: f64,
-    registry_small_cap: f64,
-    baseline_small_cap: f64,
+    registry: Best,
+    floor: Best,
+    baseline: Best,
+    registry_small_cap: Best,
+    baseline_small_cap: Best,
 }
 
-fn print_rate(cap: usize, name: &str, rate: f64, baseline_rate: f64) {
+/// One throughput run: how many tasks, and how long spawning them all and
+/// then collecting them all took.
+#[derive(Clone, Copy)]
+struct Run {
+    tasks: usize,
+    spawning: Duration,
+    collecting: Duration,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.tasks as f64 / (self.spawning + self.collecting).as_secs_f64()
+    }
+
+    fn micros_per_task(&self, phase: Duration) -> f64 {
+        phase.as_secs_f64() * 1e6 / self.tasks as f64
+    }
+}
+
+/// The fastest run seen so far.
+#[derive(Default, Clone, Copy)]
+struct Best(Option<Run>);
+
+impl Best {
+    fn keep_faster(&mut self, run: Run) {
+        if self.0.is_none_or(|best| run.rate() > best.rate()) {
+            self.0 = Some(run);
+        }
+    }
+}
+
+fn print_rate(cap: usize, name: &str, run: Best, baseline: Best) {
+    let (Some(run), Some(baseline)) = (run.0, baseline.0) else {
+        return;
+    };
+    let (rate, baseline_rate) = (run.rate(), baseline.rate());
     println!(
         "  cap {cap:>7}: {name:<8} {rate:>10.0} tasks/s   baseline {baseline_rate:>10.0} tasks/s   ratio {:.2}   overhead {:>5.2} us/task",
         rate / baseline_rate,
         (1.0 / rate - 1.0 / baseline_rate) * 1e6,
+    );
+    println!(
+        "  {:>13}spawn {:>5.2} us/task (baseline {:.2}), collect {:>5.2} us/task (baseline {:.2})",
+        "",
+        run.micros_per_task(run.spawning),
+        baseline.micros_per_task(baseline.spawning),
+        run.micros_per_task(run.collecting),
+        baseline.micros_per_task(baseline.collecting),
     );
 }
 
@@ -183,8 +225,8 @@ fn registry_with(max_concurrent: usize) -> Registry {
     Registry::builder().settings(settings).build()
 }
 
-/// Spawns `tasks` no-op tasks, then collects each; returns tasks per second.
-async fn registry_run(tasks: usize, cap: usize) -> f64 {
+/// Spawns `tasks` no-op tasks, then collects each.
+async fn registry_run(tasks: usize, cap: usize) -> Run {
     let registry = registry_with(cap);
     let spec = TaskSpec::new("bench", "no-op").background(true);
     let started = Instant::now();
@@ -195,15 +237,20 @@ async fn registry_run(tasks: usize, cap: usize) -> f64 {
             .unwrap();
         ids.push(spawned.id);
     }
+    let spawning = started.elapsed();
     for id in ids {
         std::hint::black_box(registry.wait(id, None).await.unwrap());
     }
-    let rate = tasks as f64 / started.elapsed().as_secs_f64();
+    let run = Run {
+        tasks,
+        spawning,
+        collecting: started.elapsed() - spawning,
+    };
     registry.shutdown(Duration::from_secs(10)).await;
-    rate
+    run
 }
 
-async fn floor_run(tasks: usize) -> f64 {
+async fn floor_run(tasks: usize) -> Run {
     let floor = Floor::new(tasks);
     let spec = TaskSpec::new("bench", "no-op").background(true);
     let started = Instant::now();
@@ -211,15 +258,20 @@ async fn floor_run(tasks: usize) -> f64 {
     for _ in 0..tasks {
         ids.push(floor.spawn(&spec, || async { String::new() }).unwrap());
     }
+    let spawning = started.elapsed();
     for id in ids {
         std::hint::black_box(floor.wait(id).await.unwrap());
     }
-    let rate = tasks as f64 / started.elapsed().as_secs_f64();
+    let run = Run {
+        tasks,
+        spawning,
+        collecting: started.elapsed() - spawning,
+    };
     floor.shutdown().await;
-    rate
+    run
 }
 
-async fn baseline_run(tasks: usize, cap: usize) -> f64 {
+async fn baseline_run(tasks: usize, cap: usize) -> Run {
     let semaphore = Arc::new(Semaphore::new(cap));
     let started = Instant::now();
     let mut handles = Vec::with_capacity(tasks);
@@ -230,10 +282,15 @@ async fn baseline_run(tasks: usize, cap: usize) -> f64 {
             String::new()
         }));
     }
+    let spawning = started.elapsed();
     for handle in handles {
         std::hint::black_box(handle.await.unwrap());
     }
-    tasks as f64 / started.elapsed().as_secs_f64()
+    Run {
+        tasks,
+        spawning,
+        collecting: started.elapsed() - spawning,
+    }
 }
 
 /// Instructions per task for each workload on one thread, from the
