@@ -18,7 +18,7 @@ def measure(deputy, cap, tasks, latency_ms):
     out = subprocess.run(
         [deputy, "bench", "burst", "--tasks", str(tasks), "--cap", str(cap),
          "--latency-ms", str(latency_ms), "--json"],
-        check=True, capture_output=True, text=True).stdout
+        check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out)
 
 

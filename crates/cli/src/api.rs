@@ -513,7 +513,13 @@ async fn get_run(
     let (agent, prompt, created_at, mut result) = {
         let runs = state.inner.runs.lock();
         let entry = runs.by_id.get(&id).ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, "unknown_run", format!("no run {id}"))
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_run",
+                format!(
+                    "no run {id}: never started here, or one of the oldest finished runs, which the server forgets past the newest {MAX_RUNS}; read a run's result soon after it ends"
+                ),
+            )
         })?;
         (
             entry.agent.clone(),

@@ -306,7 +306,6 @@ async fn reload(iterations: usize, json: bool) -> anyhow::Result<()> {
     // The load scenarios' stack (hooks included), with one slot.
     let bench = bench_load::Bench::new(1, 0, iterations + 1)?;
     let path = bench.config_path();
-    let text = std::fs::read_to_string(&path).context("cannot read the benchmark config")?;
     let stack = &bench.stack;
     let _reloader = bench.reloader()?;
     let registry = stack.runtime.registry().clone();
@@ -331,12 +330,7 @@ async fn reload(iterations: usize, json: bool) -> anyhow::Result<()> {
         // reload, as a person editing the file makes them.
         tokio::time::sleep(DEBOUNCE * 2).await;
         let written = Instant::now();
-        let raised = text.replacen(
-            "max_concurrent = 1\n",
-            &format!("max_concurrent = {}\n", n + 1),
-            1,
-        );
-        std::fs::write(&path, raised).context("cannot write the benchmark config")?;
+        bench_load::write_cap(&path, n, n + 1)?;
         let started = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 match events.recv().await {
@@ -353,7 +347,7 @@ async fn reload(iterations: usize, json: bool) -> anyhow::Result<()> {
         samples.push(started.duration_since(written));
     }
     release.send(true).ok();
-    stack.runtime.shutdown(Duration::from_secs(5)).await;
+    stack.shutdown(Duration::from_secs(5)).await;
 
     let mut samples: Vec<f64> = samples
         .iter()

@@ -278,8 +278,9 @@ fn handoffs(events: &[(Instant, RegistryEvent)]) -> Vec<f64> {
 }
 
 /// The cost of the hook stack per task: start and stop hooks run back to
-/// back on synthetic events, timed.
-async fn hook_overhead_us(stack: &Stack, rounds: usize) -> f64 {
+/// back on synthetic events, timed. A hook that fails ends the benchmark,
+/// since a hook failing fast would make the stack look cheap.
+async fn hook_overhead_us(stack: &Stack, rounds: usize) -> anyhow::Result<f64> {
     use deputy_hooks::{SubagentStartHook, SubagentStopHook};
     use deputy_registry::{HookTask, SubagentStartEvent, SubagentStopEvent, Usage};
     let mut starts: Vec<Arc<dyn SubagentStartHook>> = Vec::new();
@@ -332,15 +333,19 @@ async fn hook_overhead_us(stack: &Stack, rounds: usize) -> f64 {
             ended_at: std::time::SystemTime::now(),
         };
         for hook in &starts {
-            let _ = hook.on_subagent_start(&start).await;
+            hook.on_subagent_start(&start).await.with_context(|| {
+                format!("the {} start hook failed on a benchmark event", hook.name())
+            })?;
         }
         for hook in &stops {
-            let _ = hook.on_subagent_stop(&stop).await;
+            hook.on_subagent_stop(&stop).await.with_context(|| {
+                format!("the {} stop hook failed on a benchmark event", hook.name())
+            })?;
         }
     }
     #[expect(clippy::cast_precision_loss, reason = "a count of rounds")]
     let per_task = began.elapsed().as_secs_f64() * 1e6 / rounds.max(1) as f64;
-    per_task
+    Ok(per_task)
 }
 
 impl LoadReport {
@@ -396,7 +401,7 @@ pub(crate) async fn one_side(
 async fn run_stack(tasks: usize, cap: usize, latency_ms: u64) -> anyhow::Result<Figures> {
     let bench = Bench::new(cap, latency_ms, tasks)?;
     let runtime = bench.stack.runtime.clone();
-    let hook_overhead = hook_overhead_us(&bench.stack, 2000).await;
+    let hook_overhead = hook_overhead_us(&bench.stack, 2000).await?;
     let (events, recorder) = record_events(runtime.registry().subscribe());
     let rss_before = rss_bytes();
     let peak = RssPeak::start();
@@ -417,8 +422,7 @@ async fn run_stack(tasks: usize, cap: usize, latency_ms: u64) -> anyhow::Result<
     let peak_rss = peak.stop();
     tokio::time::sleep(Duration::from_millis(50)).await;
     recorder.abort();
-    runtime.shutdown(Duration::from_secs(10)).await;
-    bench.stack.hooks.flush(Duration::from_secs(10)).await;
+    bench.stack.shutdown(Duration::from_secs(10)).await;
     Ok(Figures::from_samples(
         tasks,
         elapsed,
@@ -653,12 +657,11 @@ pub(crate) async fn churn(
     }
     drop(reloader);
     // Let everything end, then read what is left.
-    let _ = registry.shutdown(Duration::from_secs(30)).await;
+    bench.stack.shutdown(Duration::from_secs(30)).await;
     for task in registry.take_finished(None) {
         pending.remove(&task.id);
         outcomes.add(task.status);
     }
-    bench.stack.hooks.flush(Duration::from_secs(10)).await;
     let elapsed = began.elapsed();
     let peak_rss = peak.stop();
     let stats = registry.stats();
@@ -707,20 +710,20 @@ pub(crate) async fn churn(
 }
 
 /// Rewrites the config's `max_concurrent = from` line as `= to`.
-fn write_cap(path: &Path, from: usize, to: usize) -> anyhow::Result<()> {
+pub(crate) fn write_cap(path: &Path, from: usize, to: usize) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the churn config {}", path.display()))?;
+        .with_context(|| format!("cannot read the benchmark config {}", path.display()))?;
     let current = format!("max_concurrent = {from}\n");
     anyhow::ensure!(
         text.contains(&current),
-        "the churn config {} has no `max_concurrent = {from}` line; leave the file alone while churn runs",
+        "the benchmark config {} has no `max_concurrent = {from}` line; leave the file alone while the benchmark runs",
         path.display()
     );
     std::fs::write(
         path,
         text.replacen(&current, &format!("max_concurrent = {to}\n"), 1),
     )
-    .with_context(|| format!("cannot write the churn config {}", path.display()))
+    .with_context(|| format!("cannot write the benchmark config {}", path.display()))
 }
 
 /// Start lines, stop lines, and task ids without exactly one of each.

@@ -184,8 +184,9 @@ impl Session {
     }
 
     /// Results of earlier runs' detached tasks, each handed over once.
-    /// Runs whose tasks have all ended and been read are forgotten, so a
-    /// long session does not look through every run it ever made.
+    /// Runs whose tasks have all been handed over are forgotten, so a long
+    /// session does not look through every run it ever made. A task that
+    /// ends after the take above is not yet handed over, so its run stays.
     fn finished_background(&mut self) -> Vec<TaskSnapshot> {
         let registry = self.stack.runtime.registry().clone();
         let finished: Vec<TaskSnapshot> = self
@@ -197,7 +198,7 @@ impl Session {
             registry
                 .list(&TaskFilter::all().parent(*run))
                 .iter()
-                .any(|task| !task.status.is_terminal())
+                .any(|task| !task.delivered)
         });
         finished
     }

@@ -177,11 +177,29 @@ impl Watch {
         if targets == self.targets && self.watcher.is_some() {
             return;
         }
-        let restarted = !self.targets.is_empty();
+        // The same targets again means a retry after a failure, which is
+        // said once (when the targets were new), not at every re-check.
+        let moved = targets != self.targets;
+        let restarted = moved && !self.targets.is_empty();
         self.targets = targets;
-        self.watcher = start_watcher(path, &self.targets, hints.clone());
-        if restarted && self.watcher.is_some() {
-            tracing::info!(path = %path.display(), "the config directory changed; watching it again");
+        // A watcher of the old directories is no use; a failure retries.
+        self.watcher = None;
+        match start_watcher(path, &self.targets, hints.clone()) {
+            Ok(watcher) => {
+                self.watcher = Some(watcher);
+                if restarted {
+                    tracing::info!(path = %path.display(), "the config directory changed; watching it again");
+                }
+            }
+            Err(error) if moved => tracing::warn!(
+                path = %path.display(),
+                %error,
+                "cannot watch the config file's directory; changes are picked up by the {}-second re-check or SIGHUP",
+                POLL_EVERY.as_secs()
+            ),
+            Err(error) => {
+                tracing::debug!(path = %path.display(), %error, "still cannot watch the config file's directory");
+            }
         }
     }
 }
@@ -228,13 +246,13 @@ fn identity(dir: &Path) -> Option<(u64, u64)> {
 }
 
 /// A watcher over `targets` that sends a hint for every event that may
-/// concern `path`; `None` (with a warning) when the platform refuses, in
-/// which case the periodic re-check still works.
+/// concern `path`; an error when the platform refuses, in which case the
+/// periodic re-check still works.
 fn start_watcher(
     path: &Path,
     targets: &[(PathBuf, Option<(u64, u64)>)],
     hints: mpsc::UnboundedSender<()>,
-) -> Option<notify::RecommendedWatcher> {
+) -> notify::Result<notify::RecommendedWatcher> {
     let mut names: Vec<std::ffi::OsString> = path
         .file_name()
         .map(ToOwned::to_owned)
@@ -264,24 +282,12 @@ fn start_watcher(
             let _ = hints.send(());
         }
     };
-    let started = notify::recommended_watcher(handler).and_then(|mut watcher| {
+    notify::recommended_watcher(handler).and_then(|mut watcher| {
         for (dir, _) in targets {
             watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
         }
         Ok(watcher)
-    });
-    match started {
-        Ok(watcher) => Some(watcher),
-        Err(error) => {
-            tracing::warn!(
-                path = %path.display(),
-                %error,
-                "cannot watch the config file's directory; changes are picked up by the {}-second re-check or SIGHUP",
-                POLL_EVERY.as_secs()
-            );
-            None
-        }
-    }
+    })
 }
 
 struct State {
@@ -490,13 +496,16 @@ fn differences<T: Serialize>(old: &T, new: &T) -> String {
     else {
         return "changed".to_owned();
     };
+    // Compared whole and shortened only for display, so a long value that
+    // changes past its 40th character still shows up.
+    fn set(value: Option<&serde_json::Value>) -> Option<&serde_json::Value> {
+        value.filter(|value| !value.is_null())
+    }
     let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     let changes: Vec<String> = keys
         .into_iter()
-        .filter_map(|key| {
-            let (before, after) = (shown(old.get(key)), shown(new.get(key)));
-            (before != after).then(|| format!("{key} {before} -> {after}"))
-        })
+        .filter(|key| set(old.get(*key)) != set(new.get(*key)))
+        .map(|key| format!("{key} {} -> {}", shown(old.get(key)), shown(new.get(key))))
         .collect();
     changes.join(", ")
 }
@@ -570,6 +579,18 @@ async fn next_hangup(hangups: &mut Hangups) {
 mod tests {
     use super::*;
     use deputy_registry::{TaskSpec, TaskStatus};
+
+    #[test]
+    fn a_long_value_that_changes_past_its_shown_part_is_reported() {
+        let prefix = "x".repeat(50);
+        let old = serde_json::json!({ "system_prompt": format!("{prefix} old"), "same": 1 });
+        let new = serde_json::json!({ "system_prompt": format!("{prefix} new"), "same": 1 });
+        let changes = differences(&old, &new);
+        assert!(changes.starts_with("system_prompt \"xxx"), "{changes}");
+        assert!(changes.contains("…"), "shortened for display: {changes}");
+        assert!(!changes.contains("same"), "{changes}");
+        assert_eq!(differences(&old, &old), "");
+    }
 
     fn config_text(max_concurrent: usize, extra: &str) -> String {
         format!(

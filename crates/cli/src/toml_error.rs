@@ -36,7 +36,14 @@ pub(crate) fn describe_toml_error(text: &str, error: &toml::de::Error) -> String
                 message = message.replace(form, "<hidden>");
             }
         }
-        (message, format!("{} = <hidden>", key.trim_end()))
+        // The line may say more than the value (a trailing comment), so
+        // the forms above may miss: anything quoted in the message goes
+        // too. Key names are quoted with backticks, so a did-you-mean
+        // still works.
+        (
+            hide_quoted(&message),
+            format!("{} = <hidden>", key.trim_end()),
+        )
     } else {
         (message, line_text.to_owned())
     };
@@ -66,6 +73,26 @@ pub(crate) fn describe_toml_error(text: &str, error: &toml::de::Error) -> String
         " ".repeat(column - 1),
         "^".repeat(width)
     )
+}
+
+/// `message` with every run between double or single quotes replaced by
+/// `<hidden>`.
+fn hide_quoted(message: &str) -> String {
+    let mut hidden = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find(['"', '\'']) {
+        let quote = rest[open..].chars().next().unwrap_or('"');
+        let Some(length) = rest[open + 1..].find(quote) else {
+            break;
+        };
+        hidden.push_str(&rest[..open]);
+        hidden.push(quote);
+        hidden.push_str("<hidden>");
+        hidden.push(quote);
+        rest = &rest[open + 1 + length + 1..];
+    }
+    hidden.push_str(rest);
+    hidden
 }
 
 /// Whether a key path names something that may hold a secret.
@@ -165,6 +192,13 @@ mod tests {
             "{described}"
         );
         assert!(described.contains("api_key = <hidden>"), "{described}");
+
+        // A trailing comment makes the line say more than the value.
+        let text = "[providers.openai]\napi_key = \"sk-live-abcdef123456\" # prod\n";
+        let error = toml::from_str::<File>(text).unwrap_err();
+        assert!(error.message().contains("sk-live"), "the case this covers");
+        let described = describe_toml_error(text, &error);
+        assert!(!described.contains("sk-live"), "{described}");
     }
 
     #[test]

@@ -9,6 +9,10 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
+
+mod support;
+use support::{KillOnDrop, exit_within};
 
 /// `deputy` with `args`, run in `dir` with no inherited config.
 fn deputy(dir: &Path, args: &[&str]) -> Output {
@@ -280,16 +284,18 @@ provider = "slow"
 "#,
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_deputy"))
-        .args(["run", "Compare Go and Rust"])
-        .current_dir(dir.path())
-        .env_remove("DEPUTY_CONFIG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_deputy"))
+            .args(["run", "Compare Go and Rust"])
+            .current_dir(dir.path())
+            .env_remove("DEPUTY_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // Both researchers have started once their lines are out; then interrupt.
-    let stderr = child.stderr.take().unwrap();
+    let stderr = child.0.stderr.take().unwrap();
     let (started, lines) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         use std::io::BufRead as _;
@@ -298,7 +304,7 @@ provider = "slow"
             .lines()
             .map_while(Result::ok)
         {
-            if line.contains("started ") {
+            if line.contains("  started  ") {
                 let _ = started.send(());
             }
             all.push_str(&line);
@@ -307,16 +313,15 @@ provider = "slow"
         all
     });
     for _ in 0..2 {
-        lines
-            .recv_timeout(std::time::Duration::from_secs(20))
-            .unwrap();
+        lines.recv_timeout(Duration::from_secs(20)).unwrap();
     }
     let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-INT", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let status = child.wait().unwrap();
+    let status = exit_within(&mut child.0, Duration::from_secs(30))
+        .expect("deputy run did not stop within 30 s of ctrl-c");
     let stderr = reader.join().unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(

@@ -8,25 +8,21 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+mod support;
+use support::{KillOnDrop, exit_within};
+
 /// A running server; killed when dropped.
 struct Server {
-    child: Child,
+    child: KillOnDrop,
     base: String,
     stderr: Arc<Mutex<String>>,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Server {
@@ -51,10 +47,11 @@ impl Server {
         for (name, value) in env {
             command.env(name, value);
         }
-        let mut child = command.spawn().unwrap();
+        // Guarded at once, so a server that fails to start is not left behind.
+        let mut child = KillOnDrop(command.spawn().unwrap());
         let stderr = Arc::new(Mutex::new(String::new()));
         let (address_sender, address) = std::sync::mpsc::channel();
-        let reader = BufReader::new(child.stderr.take().unwrap());
+        let reader = BufReader::new(child.0.stderr.take().unwrap());
         let log = stderr.clone();
         // Keeps reading, so the server never blocks on a full pipe.
         std::thread::spawn(move || {
@@ -92,17 +89,14 @@ impl Server {
     /// Sends SIGTERM and waits for the exit code.
     fn terminate(&mut self) -> Option<i32> {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &self.child.0.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
-        for _ in 0..600 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        match exit_within(&mut self.child.0, Duration::from_secs(30)) {
+            Some(status) => status.code(),
+            None => panic!("the server did not stop: {}", self.log()),
         }
-        panic!("the server did not stop: {}", self.log());
     }
 }
 
@@ -416,15 +410,26 @@ fn it_refuses_a_public_address_without_a_token_and_an_unset_token() {
     let dir = tempfile::tempdir().unwrap();
     // Starts `deputy serve` on `config`, expects it to exit with the usage
     // code 2, and returns what it printed to stderr.
+    // A server that does start is killed, not left listening on every
+    // interface.
     let refused = |config: String, listen: &str| {
         std::fs::write(dir.path().join("deputy.toml"), config).unwrap();
-        let output = Command::new(env!("CARGO_BIN_EXE_deputy"))
-            .args(["serve", "--listen", listen])
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert_eq!(output.status.code(), Some(2), "{listen}");
-        String::from_utf8_lossy(&output.stderr).into_owned()
+        let mut child = KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_deputy"))
+                .args(["serve", "--listen", listen])
+                .current_dir(dir.path())
+                .env_remove("DEPUTY_CONFIG")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let status = exit_within(&mut child.0, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("deputy serve --listen {listen} did not refuse"));
+        assert_eq!(status.code(), Some(2), "{listen}");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut stderr).unwrap();
+        stderr
     };
 
     let stderr = refused(config(10, "", ""), "0.0.0.0:0");
@@ -610,7 +615,7 @@ async fn sighup_forces_a_reload() {
     let (_, settings) = get(&client, &server.url("/v1/settings")).await;
     assert_eq!(settings["reload"]["reloads"], 0, "{settings}");
     let status = Command::new("kill")
-        .args(["-HUP", &server.child.id().to_string()])
+        .args(["-HUP", &server.child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -672,10 +677,17 @@ async fn sigterm_past_the_drain_limit_cancels_and_still_fires_every_stop() {
     log_until(&server, "waiting for the task to finish").await;
     assert_eq!(server.terminate(), Some(0), "{}", server.log());
     drop(events);
-    // The wait answered (with the task still running), rather than having
+    // The wait answered with the task's state (still running, or already
+    // cancelled by the drain limit, as the two race), rather than having
     // its connection closed under it.
     let waited = waiting.await.unwrap().unwrap();
     assert_eq!(waited.status().as_u16(), 200, "{}", server.log());
+    let task: Value = waited.json().await.unwrap();
+    assert_eq!(task["task_id"], ids[0].as_str(), "{task}");
+    assert!(
+        matches!(task["status"].as_str(), Some("running" | "cancelled")),
+        "{task}"
+    );
     assert!(
         !server.log().contains("connections still open"),
         "the stop did not end the stream and the wait:\n{}",

@@ -581,7 +581,8 @@ impl BuildContext<'_> {
 
 /// Whether two paths name the same file: by where they resolve to when
 /// both (or their directories) exist, else by what they say once `.` and
-/// `..` are taken out.
+/// `..` are taken out. Checked before either file is opened, so a clash
+/// leaves no file created behind it even when a directory is missing.
 fn same_file(a: &Path, b: &Path) -> bool {
     match (canonical(a), canonical(b)) {
         // Canonical paths follow symlinks, which make `..` mean another

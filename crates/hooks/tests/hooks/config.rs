@@ -308,7 +308,7 @@ async fn a_ledger_reached_through_dot_dot_is_the_same_file_as_the_audit_log() {
         "[hooks.audit]\npath = \"logs/events.jsonl\"\n\n[billing]\nledger = \"events.jsonl\"\n",
     )
     .unwrap();
-    assert!(apart.build(dir.path(), None).is_ok());
+    apart.build(dir.path(), None).unwrap();
 }
 
 #[tokio::test]

@@ -303,7 +303,7 @@ async fn a_redirect_says_where_the_receiver_moved_without_its_secrets() {
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(301).insert_header(
             "location",
-            "https://me:pw@moved.example.com/in/T0/XXXXSECRET?token=leak",
+            "https://me:pw@moved.invalid/in/T0/XXXXSECRET?token=leak",
         ))
         .mount(&server)
         .await;
@@ -319,7 +319,7 @@ async fn a_redirect_says_where_the_receiver_moved_without_its_secrets() {
         error.contains("set url to the address it moved to"),
         "{error}"
     );
-    assert!(error.contains("https://moved.example.com/in/…"), "{error}");
+    assert!(error.contains("https://moved.invalid/in/…"), "{error}");
     for secret in ["s3cret", "leak", "XXXXSECRET", "pw"] {
         assert!(!error.contains(secret), "{secret} in {error}");
     }

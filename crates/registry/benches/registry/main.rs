@@ -48,8 +48,10 @@ const SMALL_CAP: usize = 64;
 /// memory freed by earlier measurements cannot hide growth.
 const MEMORY_CHILD_FLAG: &str = "--memory-child";
 
-/// Instruction counts are taken in a child process of this same binary
-/// that runs one workload once, under valgrind.
+/// Runs one workload once and prints its rate: `--count-child registry
+/// 200000` (add `current-thread` for one thread). Instruction counts run it
+/// under valgrind on one thread; run alone, it is what `perf stat` and
+/// `/usr/bin/time -v` measure in BENCHMARKS.md.
 const COUNT_CHILD_FLAG: &str = "--count-child";
 const WORKLOADS: [&str; 3] = ["registry", "floor", "baseline"];
 
@@ -59,8 +61,7 @@ fn main() {
     // runs on one thread, which shows the CPU cost per task without lock
     // contention between threads.
     let only_throughput = args.iter().any(|arg| arg == "throughput");
-    let current_thread = args.iter().any(|arg| arg == "current-thread")
-        || args.iter().any(|arg| arg == COUNT_CHILD_FLAG);
+    let current_thread = args.iter().any(|arg| arg == "current-thread");
     if args.iter().any(|arg| arg == "instructions") {
         count_instructions();
         return;
@@ -80,12 +81,13 @@ fn main() {
     if let Some(position) = args.iter().position(|arg| arg == COUNT_CHILD_FLAG) {
         let workload = args[position + 1].as_str();
         let tasks: usize = args[position + 2].parse().unwrap();
-        match workload {
+        let run = match workload {
             "registry" => runtime.block_on(registry_run(tasks, tasks)),
             "floor" => runtime.block_on(floor_run(tasks)),
             "baseline" => runtime.block_on(baseline_run(tasks, tasks)),
             other => panic!("unknown workload `{other}`; expected one of {WORKLOADS:?}"),
         };
+        println!("{workload}: {:.0} tasks/s", run.rate());
         return;
     }
     if let Some(position) = args.iter().position(|arg| arg == MEMORY_CHILD_FLAG) {
@@ -327,7 +329,12 @@ fn instructions_of(workload: &str, tasks: usize) -> u64 {
     let output = Command::new("valgrind")
         .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
         .arg(std::env::current_exe().unwrap())
-        .args([COUNT_CHILD_FLAG, workload, &tasks.to_string()])
+        .args([
+            COUNT_CHILD_FLAG,
+            workload,
+            &tasks.to_string(),
+            "current-thread",
+        ])
         .output()
         .unwrap();
     assert!(
