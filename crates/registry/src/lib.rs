@@ -39,6 +39,7 @@
 //! ```
 
 mod backoff;
+mod cell;
 mod error;
 mod event;
 mod hook;
@@ -52,6 +53,7 @@ mod snapshot;
 mod spec;
 mod state;
 mod status;
+mod table;
 mod task;
 mod usage;
 

@@ -1,6 +1,7 @@
 //! Live settings: one publisher, any number of readers, applied at once.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::watch;
 
@@ -26,6 +27,11 @@ use crate::settings::SubagentSettings;
 #[derive(Debug, Clone)]
 pub struct SettingsHandle {
     sender: Arc<watch::Sender<Arc<SubagentSettings>>>,
+    /// Counts publications that changed something, raised after the new
+    /// settings are in the channel. A registry compares it with the count
+    /// it last applied, one atomic read, to know whether it must look at
+    /// the channel at all.
+    generation: Arc<AtomicU64>,
 }
 
 impl SettingsHandle {
@@ -34,6 +40,7 @@ impl SettingsHandle {
         let (sender, _receiver) = watch::channel(Arc::new(settings));
         Self {
             sender: Arc::new(sender),
+            generation: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -49,14 +56,24 @@ impl SettingsHandle {
     pub fn publish(&self, settings: SubagentSettings) -> Arc<SubagentSettings> {
         let new = Arc::new(settings);
         let mut previous = None;
-        self.sender.send_if_modified(|current| {
+        let changed = self.sender.send_if_modified(|current| {
             if **current == *new {
                 return false;
             }
             previous = Some(std::mem::replace(current, new.clone()));
             true
         });
+        if changed {
+            // After the send, so whoever sees the new count finds the new
+            // settings in the channel.
+            self.generation.fetch_add(1, Ordering::Release);
+        }
         previous.unwrap_or(new)
+    }
+
+    /// How many changing publications there have been; see `generation`.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// A receiver that sees every change from now on.

@@ -78,7 +78,7 @@ pub enum RunOutcome {
 }
 
 /// Weight of the newest sample in the latency EWMA, in tenths (0.3). Kept
-/// in integers: the mean is updated under the registry's lock on every
+/// in integers: the mean is updated under the load tracker's lock on every
 /// successful task, and float conversions of a `Duration` cost several
 /// times the integer arithmetic.
 const LATENCY_EWMA_WEIGHT_TENTHS: u64 = 3;

@@ -1,158 +1,66 @@
-//! The registry's state machine: admission, the fair queue, slots, lending,
-//! retention and delivery.
+//! The registry's state: the task table, admission, the fair queue, slots,
+//! lending, retention and delivery.
 //!
-//! Everything here is synchronous and runs under the registry's one lock;
-//! nothing in this module awaits, and no hook runs from here.
+//! Nothing in this module awaits, and no hook runs from here.
+//!
+//! # Who locks what
+//!
+//! The common task is admitted at once, because a slot is free and nobody
+//! waits, and settles with nothing lent. Its admission is a compare-and-set
+//! on the slot count, so its spawn takes no lock a settle takes except the
+//! load tracker's, and one shard of the task table. Everything that
+//! involves the queue or a lent slot takes the admission lock (`core`).
+//!
+//! Locks, in the only order one thread takes them (never an earlier one
+//! while it holds a later one):
+//!
+//! 1. `core`: the settings in force, the queues, the agent caps, the
+//!    selector;
+//! 2. `records`: retention and delivery;
+//! 3. a cell's `life`, one at a time, except that a spawn holds the
+//!    parent's while it sets up the new child's, which nobody else can
+//!    see yet;
+//! 4. leaves, under which nothing else is locked: a shard of the table, the
+//!    load tracker, a cell's `usage` and `join`, the event channel.
+//!
+//! # Slots without a lock
+//!
+//! `slots` counts the slots held. A spawn on the fast path takes one with a
+//! compare-and-set while `queued` is 0; a settle gives its slot back with a
+//! decrement and then reads `queued`. A spawn that queues raises `queued`
+//! under `core` and then tries for a slot itself. Both pairs are
+//! sequentially consistent, so at least one side sees the other: either
+//! the settle sees the waiter and admits it under `core`, or the waiter's
+//! own try sees the freed slot. No slot is left free while someone waits
+//! for it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use rustc_hash::FxHashMap;
-use tokio::sync::{Notify, broadcast, oneshot, watch};
+use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
+use crate::cell::{
+    Life, Prepared, Slot, TaskCell, hook_task, is_undelivered, is_waiting, snapshot_of, stop_event,
+};
 use crate::error::{CancelOutcome, SpawnError, UnknownTask};
 use crate::event::RegistryEvent;
-use crate::hook::{HookTask, SubagentStartEvent, SubagentStopEvent};
+use crate::hook::{SubagentStartEvent, SubagentStopEvent};
 use crate::id::TaskId;
-use crate::load::{LoadTracker, RunOutcome};
-use crate::selector::Selector;
+use crate::live::SettingsHandle;
+use crate::load::{AgentLoadSnapshot, LoadTracker, RunOutcome};
+use crate::selector::{AgentCandidate, Selection, SelectionError, SelectionRequest, Selector};
 use crate::settings::SubagentSettings;
 use crate::snapshot::{TaskFilter, TaskSnapshot, WaitOutcome};
-use crate::spec::{TaskLabels, TaskSpec};
 use crate::status::{FailureKind, TaskFailure, TaskStatus};
-use crate::usage::Usage;
+use crate::table::Table;
 
-/// One task: what never changes after spawn, and, behind its own lock,
-/// where the task is in its life. The task table, the queue and the task's
-/// own future all hold the same cell, so the future's settle reaches the
-/// task's state without a lookup in the table, and a task costs one
-/// allocation besides Tokio's.
-#[derive(Debug)]
-pub(crate) struct TaskCell {
-    pub(crate) id: TaskId,
-    pub(crate) agent: Arc<str>,
-    pub(crate) task: Arc<str>,
-    pub(crate) parent: Option<TaskId>,
-    pub(crate) labels: TaskLabels,
-    pub(crate) background: bool,
-    pub(crate) root: bool,
-    pub(crate) depth: u32,
-    pub(crate) created: Instant,
-    pub(crate) created_at: SystemTime,
-    pub(crate) token: CancellationToken,
-    pub(crate) usage: Mutex<Usage>,
-    /// Woken when the task has finished and settled.
-    pub(crate) done: Notify,
-    /// The task's join handle, kept until its result is handed over. The
-    /// delivery takes it; a collecting wait and `take_finished` drop it
-    /// outside the registry's lock.
-    ///
-    /// Why keep it: a Tokio task's memory is freed by whoever drops the
-    /// last reference to it. Dropped at spawn, that is the worker that ran
-    /// the task, and glibc's malloc returns a block freed on another thread
-    /// to the arena that made it, under that arena's lock (`_int_free` in
-    /// glibc's malloc/malloc.c), which the spawning thread holds for each
-    /// of its own allocations. Held here, the memory is freed by the thread
-    /// that collects the result, most often the one that spawned it; the
-    /// throughput benchmark's figures are in BENCHMARKS.md.
-    ///
-    /// The spawn stores it just after the task is spawned, so a result
-    /// collected in between (by someone who learnt the id from an event)
-    /// leaves it here until the cell is dropped: memory held a little
-    /// longer, never leaked.
-    pub(crate) join: Mutex<Option<JoinHandle<()>>>,
-    /// Locked only while the registry's lock is held, so it is never
-    /// contended; lock order: the registry's lock, then this. Never locked
-    /// twice at once by one thread: each use copies out what it needs.
-    life: Mutex<Life>,
-}
-
-impl TaskCell {
-    fn new(
-        prepared: PreparedCell,
-        spec: TaskSpec,
-        depth: u32,
-        token: CancellationToken,
-    ) -> Arc<Self> {
-        Arc::new(Self {
-            id: prepared.id,
-            agent: spec.agent,
-            task: spec.task,
-            parent: spec.parent,
-            labels: spec.labels,
-            background: spec.background,
-            root: prepared.root,
-            depth,
-            created: prepared.created,
-            created_at: prepared.created_at,
-            token,
-            usage: Mutex::new(Usage::default()),
-            done: Notify::new(),
-            join: Mutex::new(None),
-            life: Mutex::new(Life::default()),
-        })
-    }
-}
-
-/// Which slot a task runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Slot {
-    /// None: queued, finished, or a root run.
-    None,
-    /// One of the `max_concurrent` slots.
-    Own,
-    /// The slot of this task (its parent), lent while the parent awaits it.
-    Borrowed(TaskId),
-}
-
-/// Where a task is in its life; see [`TaskCell::life`].
-#[derive(Debug)]
-struct Life {
-    /// Spawn order, for FIFO admission.
-    seq: u64,
-    status: TaskStatus,
-    failure: Option<TaskFailure>,
-    output: Option<Arc<str>>,
-    /// When it started and ended, as time since it was created: each is
-    /// read from the clock once, and a snapshot turns them into wall-clock
-    /// times and durations with additions alone.
-    started: Option<Duration>,
-    ended: Option<Duration>,
-    slot: Slot,
-    /// The foreground child this task's slot is lent to.
-    lent_to: Option<TaskId>,
-    /// Queued foreground children waiting for this task's slot, oldest first
-    /// (entries that left the queue another way are skipped when read).
-    borrowers: VecDeque<TaskId>,
-    /// Wakes the task's future when it is admitted from the queue.
-    admit: Option<oneshot::Sender<()>>,
-    delivered_at: Option<Instant>,
-}
-
-impl Default for Life {
-    fn default() -> Self {
-        Self {
-            seq: 0,
-            status: TaskStatus::Queued,
-            failure: None,
-            output: None,
-            started: None,
-            ended: None,
-            slot: Slot::None,
-            lent_to: None,
-            borrowers: VecDeque::new(),
-            admit: None,
-            delivered_at: None,
-        }
-    }
-}
-
-/// One agent's waiters in spawn order. Entries whose task left the queue
+/// One agent's waiters in queue order. Entries whose task left the queue
 /// another way (cancel, timeout, borrowed slot) stay as tombstones until
 /// they reach the front or the deque is compacted.
 #[derive(Debug, Default)]
@@ -168,72 +76,6 @@ struct AgentQueue {
 struct Inbox {
     finished: Vec<TaskId>,
     undelivered: usize,
-}
-
-/// A new task as far as it can be made before the spawn takes the lock, so
-/// the locked section stays short.
-#[derive(Debug)]
-pub(crate) enum Prepared {
-    /// A parentless task, whole: its depth and cancel scope need no parent.
-    Parentless(Arc<TaskCell>),
-    /// A child, whose depth and cancel token come from its parent, read
-    /// under the lock.
-    Child {
-        parent: TaskId,
-        cell: PreparedCell,
-        spec: TaskSpec,
-    },
-}
-
-/// The parts of a cell that need neither a lock nor a parent.
-#[derive(Debug)]
-pub(crate) struct PreparedCell {
-    id: TaskId,
-    root: bool,
-    created: Instant,
-    created_at: SystemTime,
-}
-
-impl Prepared {
-    pub(crate) fn new(spec: TaskSpec, root: bool) -> Self {
-        let cell = PreparedCell {
-            id: TaskId::new_random(),
-            root,
-            created: Instant::now(),
-            created_at: SystemTime::now(),
-        };
-        match spec.parent {
-            // A parentless task is its own cancel scope; shutdown cancels
-            // every task by id.
-            None => {
-                let depth = u32::from(!root);
-                Self::Parentless(TaskCell::new(cell, spec, depth, CancellationToken::new()))
-            }
-            Some(parent) => Self::Child { parent, cell, spec },
-        }
-    }
-
-    pub(crate) fn id(&self) -> TaskId {
-        match self {
-            Self::Parentless(cell) => cell.id,
-            Self::Child { cell, .. } => cell.id,
-        }
-    }
-
-    fn agent(&self) -> &str {
-        match self {
-            Self::Parentless(cell) => &cell.agent,
-            Self::Child { spec, .. } => &spec.agent,
-        }
-    }
-
-    /// Whether it is a root run (see `Registry::spawn_root`).
-    fn root(&self) -> bool {
-        match self {
-            Self::Parentless(cell) => cell.root,
-            Self::Child { cell, .. } => cell.root,
-        }
-    }
 }
 
 /// A task just created by [`State::spawn`].
@@ -263,7 +105,7 @@ pub(crate) enum Admission {
 )]
 pub(crate) enum Collected {
     /// Finished: its result, now delivered, and the task's join handle if
-    /// this delivery took it, for the caller to drop once the lock is
+    /// this delivery took it, for the caller to drop once the locks are
     /// released (see [`TaskCell::join`]).
     Finished(WaitOutcome, Option<JoinHandle<()>>),
     /// Not finished yet: the cell whose `done` wakes waiters.
@@ -287,26 +129,75 @@ pub(crate) enum Outcome {
     Cancelled,
 }
 
-/// Counters for [`RegistryStats`](crate::RegistryStats).
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Counters {
-    pub(crate) spawned: u64,
-    pub(crate) refused: u64,
-    pub(crate) hook_failures: u64,
-    pub(crate) evicted_undelivered: u64,
+/// Why a queued task's own future left the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeaveReason {
+    Cancelled,
+    Deadline,
 }
 
+/// A value on cache lines of its own, so writes to it do not slow the
+/// threads reading its neighbours.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct OwnLine<T>(T);
+
+/// Counts every spawn and every settle writes.
+#[derive(Debug, Default)]
+struct SlotCounts {
+    /// Slots held (`Slot::Own`); at most `max_concurrent` at every
+    /// admission.
+    slots: AtomicUsize,
+    /// Sub-agents running, including foreground children on a lent slot.
+    running: AtomicUsize,
+}
+
+/// What a spawn reads to know whether it may take the fast path; written
+/// rarely, and only under `core`.
+#[derive(Debug, Default)]
+struct Gate {
+    /// Tasks waiting for a slot (`Core::n_queued`, readable without the
+    /// lock).
+    queued: AtomicUsize,
+    max_concurrent: AtomicUsize,
+    enabled: AtomicBool,
+    /// Whether any agent has its own cap.
+    agent_caps: AtomicBool,
+    shutting_down: AtomicBool,
+    /// The settings handle's generation last applied.
+    applied_generation: AtomicU64,
+    /// Whether anyone has subscribed to the events; until then none is
+    /// built.
+    listened: AtomicBool,
+}
+
+/// Counts written by the spawning thread alone, apart from the rest.
+#[derive(Debug, Default)]
+struct SpawnCounts {
+    next_seq: AtomicU64,
+    spawned: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// What admission from the queue and lending need; see the module docs.
 #[derive(Debug)]
-pub(crate) struct State {
+struct Core {
     settings: Arc<SubagentSettings>,
-    settings_rx: watch::Receiver<Arc<SubagentSettings>>,
-    tasks: FxHashMap<TaskId, Arc<TaskCell>>,
     queues: FxHashMap<Arc<str>, AgentQueue>,
     n_queued: usize,
-    slots_in_use: usize,
-    n_running_tasks: usize,
     agent_caps: FxHashMap<Arc<str>, usize>,
-    next_seq: u64,
+    /// Queue order: a waiter's place, given under this lock so each
+    /// agent's deque stays in order.
+    next_queue_seq: u64,
+    selector: Selector,
+}
+
+/// Retention and delivery.
+#[derive(Debug)]
+struct Records {
+    /// The settings in force (a copy of `Core::settings`, for the TTL, the
+    /// retention bound and the load window).
+    settings: Arc<SubagentSettings>,
     /// Finished tasks in finish order, for last-resort eviction; entries
     /// delivered since are stale and skipped.
     finished_order: VecDeque<Arc<TaskCell>>,
@@ -316,42 +207,63 @@ pub(crate) struct State {
     inboxes: FxHashMap<Option<TaskId>, Inbox>,
     /// Delivered tasks by delivery time.
     delivered: VecDeque<(Instant, TaskId)>,
-    pub(crate) load: LoadTracker,
-    pub(crate) selector: Selector,
-    shutting_down: bool,
-    pub(crate) counters: Counters,
+    evicted_undelivered: u64,
+}
+
+/// Everything the registry knows; see the module docs for its locks.
+#[derive(Debug)]
+pub(crate) struct State {
+    counts: OwnLine<SlotCounts>,
+    gate: OwnLine<Gate>,
+    spawn_counts: OwnLine<SpawnCounts>,
+    hook_failures: AtomicU64,
+    table: Table,
+    core: Mutex<Core>,
+    records: Mutex<Records>,
+    load: Mutex<LoadTracker>,
+    settings_handle: SettingsHandle,
     events: broadcast::Sender<RegistryEvent>,
-    /// Whether anyone has subscribed to the events; until then none is built.
-    listened: bool,
 }
 
 impl State {
     pub(crate) fn new(
-        settings_rx: watch::Receiver<Arc<SubagentSettings>>,
+        settings_handle: SettingsHandle,
         load: LoadTracker,
         selector: Selector,
         events: broadcast::Sender<RegistryEvent>,
     ) -> Self {
-        let settings = settings_rx.borrow().clone();
+        let generation = settings_handle.generation();
+        let settings = settings_handle.current();
+        let gate = Gate {
+            max_concurrent: AtomicUsize::new(settings.max_concurrent()),
+            enabled: AtomicBool::new(settings.enabled()),
+            applied_generation: AtomicU64::new(generation),
+            ..Gate::default()
+        };
         Self {
-            settings,
-            settings_rx,
-            tasks: FxHashMap::default(),
-            queues: FxHashMap::default(),
-            n_queued: 0,
-            slots_in_use: 0,
-            n_running_tasks: 0,
-            agent_caps: FxHashMap::default(),
-            next_seq: 0,
-            finished_order: VecDeque::new(),
-            n_undelivered: 0,
-            inboxes: FxHashMap::default(),
-            delivered: VecDeque::new(),
-            load,
-            selector,
-            shutting_down: false,
-            listened: false,
-            counters: Counters::default(),
+            counts: OwnLine::default(),
+            gate: OwnLine(gate),
+            spawn_counts: OwnLine::default(),
+            hook_failures: AtomicU64::new(0),
+            table: Table::default(),
+            core: Mutex::new(Core {
+                settings: settings.clone(),
+                queues: FxHashMap::default(),
+                n_queued: 0,
+                agent_caps: FxHashMap::default(),
+                next_queue_seq: 0,
+                selector,
+            }),
+            records: Mutex::new(Records {
+                settings,
+                finished_order: VecDeque::new(),
+                n_undelivered: 0,
+                inboxes: FxHashMap::default(),
+                delivered: VecDeque::new(),
+                evicted_undelivered: 0,
+            }),
+            load: Mutex::new(load),
+            settings_handle,
             events,
         }
     }
@@ -363,87 +275,141 @@ impl State {
     /// takes its lock, which the spawning thread and the workers would
     /// trade on every task.
     fn emit(&self, make: impl FnOnce() -> RegistryEvent) {
-        if self.listened {
+        if self.gate.0.listened.load(Ordering::Acquire) {
             // Every receiver may have gone since; that is fine.
             let _ = self.events.send(make());
         }
     }
 
-    /// Someone subscribes to the events: from now on they are built.
-    pub(crate) fn note_listener(&mut self) {
-        self.listened = true;
+    /// Someone subscribes to the events: from now on they are built. Called
+    /// before the subscription is made, so every event sent after it
+    /// returns reaches the new receiver.
+    pub(crate) fn note_listener(&self) {
+        self.gate.0.listened.store(true, Ordering::Release);
     }
 
-    pub(crate) fn settings(&self) -> &Arc<SubagentSettings> {
-        &self.settings
+    /// The next spawn-order number, for a task about to be prepared.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.spawn_counts.0.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    // ----- settings ---------------------------------------------------------
+
+    /// The settings in force, after picking up any newly published.
+    pub(crate) fn settings(&self) -> Arc<SubagentSettings> {
+        let mut core = self.core.lock();
+        self.refresh_settings(&mut core);
+        core.settings.clone()
+    }
+
+    /// Whether every published setting has been applied; one atomic read
+    /// of each side.
+    fn settings_applied(&self) -> bool {
+        self.settings_handle.generation() == self.gate.0.applied_generation.load(Ordering::Acquire)
     }
 
     /// Picks up newly published settings and acts on them: admits waiters
     /// if the cap rose and announces the change.
-    pub(crate) fn refresh_settings(&mut self) {
-        if !self.settings_rx.has_changed().unwrap_or(false) {
+    fn refresh_settings(&self, core: &mut Core) {
+        // The generation first: the channel holds settings at least that new.
+        let generation = self.settings_handle.generation();
+        if generation == self.gate.0.applied_generation.load(Ordering::Acquire) {
             return;
         }
-        let new = self.settings_rx.borrow_and_update().clone();
-        if *new == *self.settings {
-            return;
+        let new = self.settings_handle.current();
+        if *new != *core.settings {
+            tracing::info!(
+                old_max_concurrent = core.settings.max_concurrent(),
+                new_max_concurrent = new.max_concurrent(),
+                enabled = new.enabled(),
+                queue_wait_ms = u64::try_from(new.queue_wait().as_millis()).unwrap_or(u64::MAX),
+                "sub-agent settings applied"
+            );
+            core.settings = new.clone();
+            self.records.lock().settings = new.clone();
+            self.gate
+                .0
+                .max_concurrent
+                .store(new.max_concurrent(), Ordering::SeqCst);
+            self.gate.0.enabled.store(new.enabled(), Ordering::SeqCst);
+            self.emit(|| RegistryEvent::SettingsApplied {
+                settings: new.clone(),
+            });
         }
-        tracing::info!(
-            old_max_concurrent = self.settings.max_concurrent(),
-            new_max_concurrent = new.max_concurrent(),
-            enabled = new.enabled(),
-            queue_wait_ms = u64::try_from(new.queue_wait().as_millis()).unwrap_or(u64::MAX),
-            "sub-agent settings applied"
-        );
-        self.settings = new.clone();
-        self.emit(|| RegistryEvent::SettingsApplied { settings: new });
-        self.admit_waiters();
+        self.gate
+            .0
+            .applied_generation
+            .store(generation, Ordering::Release);
+        self.admit_waiters(core);
     }
 
-    pub(crate) fn begin_shutdown(&mut self) {
-        self.shutting_down = true;
+    pub(crate) fn begin_shutdown(&self) {
+        self.gate.0.shutting_down.store(true, Ordering::SeqCst);
     }
 
     /// Whether `agent` is below its own cap. Its running count is the load
     /// tracker's in-flight count: both count exactly the running tasks.
-    fn agent_has_room(
-        load: &LoadTracker,
-        agent_caps: &FxHashMap<Arc<str>, usize>,
-        agent: &str,
-    ) -> bool {
-        match agent_caps.get(agent) {
+    fn agent_has_room(&self, core: &Core, agent: &str) -> bool {
+        match core.agent_caps.get(agent) {
             None => true,
-            Some(cap) => load.in_flight(agent) < *cap,
+            Some(cap) => self.load.lock().in_flight(agent) < *cap,
         }
     }
 
-    pub(crate) fn set_agent_cap(&mut self, agent: &str, cap: Option<usize>) {
+    pub(crate) fn set_agent_cap(&self, agent: &str, cap: Option<usize>) {
+        let mut core = self.core.lock();
         match cap {
             Some(cap) => {
-                self.agent_caps.insert(Arc::from(agent), cap.max(1));
+                core.agent_caps.insert(Arc::from(agent), cap.max(1));
             }
             None => {
-                self.agent_caps.remove(agent);
+                core.agent_caps.remove(agent);
             }
         }
-        self.admit_waiters();
+        self.gate
+            .0
+            .agent_caps
+            .store(!core.agent_caps.is_empty(), Ordering::SeqCst);
+        self.admit_waiters(&mut core);
     }
 
     // ----- spawning -------------------------------------------------------
 
-    pub(crate) fn spawn(&mut self, prepared: Prepared) -> Result<NewTask, SpawnError> {
-        self.refresh_settings();
+    pub(crate) fn spawn(&self, prepared: Prepared) -> Result<NewTask, SpawnError> {
         let result = self.try_spawn(prepared);
-        match &result {
-            Ok(_) => self.counters.spawned += 1,
-            Err(_) => self.counters.refused += 1,
-        }
+        let counter = match &result {
+            Ok(_) => &self.spawn_counts.0.spawned,
+            Err(_) => &self.spawn_counts.0.refused,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         result
     }
 
-    fn try_spawn(&mut self, prepared: Prepared) -> Result<NewTask, SpawnError> {
-        let root = prepared.root();
-        if self.shutting_down {
+    /// Whether a spawn may take a slot without the admission lock: nobody
+    /// waits (or the slot would be theirs), no agent has a cap of its own,
+    /// sub-agents are enabled and the settings are current.
+    fn may_admit_at_once(&self) -> bool {
+        let gate = &self.gate.0;
+        gate.queued.load(Ordering::SeqCst) == 0
+            && !gate.agent_caps.load(Ordering::Acquire)
+            && gate.enabled.load(Ordering::Acquire)
+            && self.settings_applied()
+    }
+
+    /// Takes one of the `max_concurrent` slots if one is free.
+    fn take_slot(&self) -> bool {
+        let max_concurrent = self.gate.0.max_concurrent.load(Ordering::SeqCst);
+        self.counts
+            .0
+            .slots
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                (held < max_concurrent).then_some(held + 1)
+            })
+            .is_ok()
+    }
+
+    fn try_spawn(&self, prepared: Prepared) -> Result<NewTask, SpawnError> {
+        if self.gate.0.shutting_down.load(Ordering::SeqCst) {
             return Err(SpawnError::ShuttingDown);
         }
         if prepared.agent().trim().is_empty() {
@@ -451,174 +417,249 @@ impl State {
                 "the agent name is empty; name a configured agent",
             ));
         }
-        if !root && !self.settings.enabled() {
-            return Err(SpawnError::Disabled);
-        }
-
-        // The parent decides depth, cancel scope and whether a slot can be
-        // borrowed.
-        let (cell, lender) = match prepared {
-            Prepared::Parentless(cell) => (cell, None),
+        match prepared {
+            Prepared::Parentless(cell) => {
+                if !cell.root && self.may_admit_at_once() && self.take_slot() {
+                    self.start_at_once(&cell, Slot::Own);
+                    return Ok(NewTask {
+                        cell,
+                        admission: Admission::Running,
+                    });
+                }
+                let mut core = self.core.lock();
+                self.ready_for_admission(&mut core, cell.root)?;
+                let new = self.spawn_locked(&mut core, cell, None)?;
+                self.after_enqueue(&mut core, &new);
+                Ok(new)
+            }
             Prepared::Child {
                 parent: parent_id,
                 cell,
                 spec,
             } => {
                 let parent = self
-                    .tasks
-                    .get(&parent_id)
+                    .table
+                    .get(parent_id)
                     .ok_or(SpawnError::UnknownParent(parent_id))?;
-                let (status, holds_slot, lending) = {
+                let root = cell.root;
+                if !root && self.may_admit_at_once() {
+                    // The parent's lock is held until the child is in the
+                    // table, so the parent cannot settle in between: a
+                    // child is never added to a parent that has ended.
                     let life = parent.life.lock();
-                    (life.status, life.slot != Slot::None, life.lent_to.is_some())
-                };
-                if status != TaskStatus::Running {
-                    return Err(SpawnError::ParentNotRunning {
-                        parent: parent_id,
-                        status,
-                    });
+                    check_parent(parent_id, &life)?;
+                    // A foreground child of a parent on a slot borrows that
+                    // slot, which takes the admission lock.
+                    let borrows = !spec.background && life.slot != Slot::None;
+                    if !borrows && self.take_slot() {
+                        let depth = parent.depth.saturating_add(1);
+                        let child =
+                            Arc::new(TaskCell::new(cell, spec, depth, parent.token.child_token()));
+                        self.start_at_once(&child, Slot::Own);
+                        drop(life);
+                        return Ok(NewTask {
+                            cell: child,
+                            admission: Admission::Running,
+                        });
+                    }
                 }
-                let waits_for_lend = !root && !spec.background && holds_slot;
-                let can_lend = waits_for_lend && !lending;
+                let mut core = self.core.lock();
+                self.ready_for_admission(&mut core, root)?;
+                let mut life = parent.life.lock();
+                check_parent(parent_id, &life)?;
+                let waits_for_lend = !root && !spec.background && life.slot != Slot::None;
+                let can_lend = waits_for_lend && life.lent_to().is_none();
                 let depth = parent.depth.saturating_add(1);
-                let token = parent.token.child_token();
-                (
-                    TaskCell::new(cell, spec, depth, token),
-                    waits_for_lend.then_some((parent_id, can_lend)),
-                )
+                let child = Arc::new(TaskCell::new(cell, spec, depth, parent.token.child_token()));
+                let lender = waits_for_lend.then_some(Lender {
+                    id: parent_id,
+                    life: &mut life,
+                    can_lend,
+                });
+                let new = self.spawn_locked(&mut core, child, lender)?;
+                let compact = life.n_borrowers() >= 16;
+                drop(life);
+                self.after_enqueue(&mut core, &new);
+                if compact {
+                    self.compact_borrowers(&parent);
+                }
+                Ok(new)
             }
-        };
+        }
+    }
 
-        let id = cell.id;
-        let now = cell.created;
-        let agent = &cell.agent;
-        let max_concurrent = self.settings.max_concurrent();
-        let queue_wait = self.settings.queue_wait();
+    /// Marks a task admitted without waiting as running on `slot`, makes it
+    /// visible and announces it.
+    fn start_at_once(&self, cell: &Arc<TaskCell>, slot: Slot) {
+        {
+            let mut life = cell.life.lock();
+            life.status = TaskStatus::Running;
+            life.started = Some(Duration::ZERO);
+            life.slot = slot;
+        }
+        self.table.insert(cell.clone());
+        if !cell.root {
+            self.note_started(&cell.agent);
+            self.emit(|| RegistryEvent::Started {
+                task_id: cell.id,
+                agent: cell.agent.clone(),
+                parent_id: cell.parent,
+                running: self.counts.0.slots.load(Ordering::Relaxed),
+                max_concurrent: self.gate.0.max_concurrent.load(Ordering::Relaxed),
+                borrowed: matches!(slot, Slot::Borrowed(_)),
+                queued_for: Duration::ZERO,
+            });
+        }
+    }
 
+    /// What a spawn under the admission lock does before it locks a
+    /// parent: applies new settings, refuses when sub-agents are disabled,
+    /// and hands slots freed by settles that have not reached this lock yet
+    /// to the oldest waiters, whose they are, rather than to the newcomer.
+    fn ready_for_admission(&self, core: &mut Core, root: bool) -> Result<(), SpawnError> {
+        self.refresh_settings(core);
+        if !root && !core.settings.enabled() {
+            return Err(SpawnError::Disabled);
+        }
+        self.admit_waiters(core);
+        Ok(())
+    }
+
+    /// A task just queued tries for a slot itself, once no parent's lock is
+    /// held: one freed while it was queued is handed over now (see "Slots
+    /// without a lock").
+    fn after_enqueue(&self, core: &mut Core, new: &NewTask) {
+        if matches!(new.admission, Admission::Queued { .. }) {
+            self.admit_waiters(core);
+        }
+    }
+
+    /// Admission under the admission lock, after
+    /// [`ready_for_admission`](Self::ready_for_admission): a root run, a
+    /// borrowed slot, a free slot, or the queue. Locks no cell but the new
+    /// one, so a parent's lock may be held.
+    fn spawn_locked(
+        &self,
+        core: &mut Core,
+        cell: Arc<TaskCell>,
+        lender: Option<Lender<'_, '_>>,
+    ) -> Result<NewTask, SpawnError> {
+        let root = cell.root;
+        let max_concurrent = core.settings.max_concurrent();
+        let queue_wait = core.settings.queue_wait();
         let slot = if root {
             Some(Slot::None)
-        } else if let Some((parent_id, true)) = lender {
-            Some(Slot::Borrowed(parent_id))
-        } else if self.slots_in_use < max_concurrent
-            && Self::agent_has_room(&self.load, &self.agent_caps, agent)
+        } else if let Some(Lender {
+            id, can_lend: true, ..
+        }) = &lender
         {
+            Some(Slot::Borrowed(*id))
+        } else if self.agent_has_room(core, &cell.agent) && self.take_slot() {
             Some(Slot::Own)
         } else {
             None
         };
 
-        if slot.is_none() {
+        let Some(slot) = slot else {
             if queue_wait.is_zero() {
-                return Err(if let Some((parent, false)) = lender {
-                    SpawnError::LentSlotBusy { parent }
-                } else if self.slots_in_use < max_concurrent {
+                return Err(if let Some(lender) = &lender {
+                    SpawnError::LentSlotBusy { parent: lender.id }
+                } else if self.counts.0.slots.load(Ordering::SeqCst) < max_concurrent {
                     SpawnError::AgentAtCapacity {
-                        agent: agent.to_string(),
-                        max_concurrent: self.agent_caps.get(agent).copied().unwrap_or(0),
+                        agent: cell.agent.to_string(),
+                        max_concurrent: core.agent_caps.get(&cell.agent).copied().unwrap_or(0),
                     }
                 } else {
                     SpawnError::AtCapacity { max_concurrent }
                 });
             }
-            if self.n_queued >= self.settings.max_queue() {
+            if core.n_queued >= core.settings.max_queue() {
                 return Err(SpawnError::QueueFull {
-                    max_queue: self.settings.max_queue(),
+                    max_queue: core.settings.max_queue(),
                 });
             }
-        }
-
-        let seq = self.next_seq;
-        self.next_seq += 1;
-
-        let admission = match slot {
-            Some(slot) => {
-                {
-                    let mut life = cell.life.lock();
-                    life.seq = seq;
-                    life.status = TaskStatus::Running;
-                    life.started = Some(Duration::ZERO);
-                    life.slot = slot;
-                }
-                match slot {
-                    Slot::Own => self.slots_in_use += 1,
-                    Slot::Borrowed(parent_id) => {
-                        if let Some(parent) = self.tasks.get(&parent_id) {
-                            parent.life.lock().lent_to = Some(id);
-                        }
-                    }
-                    Slot::None => {}
-                }
-                self.tasks.insert(id, cell.clone());
-                if !root {
-                    self.note_started(agent);
-                    self.emit(|| RegistryEvent::Started {
-                        task_id: id,
-                        agent: cell.agent.clone(),
-                        parent_id: cell.parent,
-                        running: self.slots_in_use,
-                        max_concurrent,
-                        borrowed: matches!(slot, Slot::Borrowed(_)),
-                        queued_for: Duration::ZERO,
-                    });
-                }
-                Admission::Running
-            }
-            None => {
-                let (sender, admitted) = oneshot::channel();
-                {
-                    let mut life = cell.life.lock();
-                    life.seq = seq;
-                    life.admit = Some(sender);
-                }
-                self.tasks.insert(id, cell.clone());
-                let queue = self.queues.entry(agent.clone()).or_default();
-                queue.waiters.push_back((seq, cell.clone()));
-                queue.live += 1;
-                self.n_queued += 1;
-                if let Some((parent_id, false)) = lender
-                    && let Some(parent) = self.tasks.get(&parent_id)
-                {
-                    let mut borrowers = std::mem::take(&mut parent.life.lock().borrowers);
-                    if borrowers.len() >= 16 {
-                        // Children that left the queue another way.
-                        let tasks = &self.tasks;
-                        borrowers.retain(|borrower| {
-                            tasks.get(borrower).is_some_and(|cell| is_waiting(cell))
-                        });
-                    }
-                    borrowers.push_back(id);
-                    parent.life.lock().borrowers = borrowers;
-                }
-                self.emit(|| RegistryEvent::Queued {
-                    task_id: id,
-                    agent: cell.agent.clone(),
-                    parent_id: cell.parent,
-                    queued: self.n_queued,
-                });
-                Admission::Queued {
-                    admitted,
-                    deadline: now + queue_wait,
-                }
-            }
+            return Ok(self.enqueue(core, cell, lender, queue_wait));
         };
-        Ok(NewTask { cell, admission })
+
+        if let (Slot::Borrowed(_), Some(lender)) = (slot, lender) {
+            lender.life.set_lent_to(Some(cell.id));
+        }
+        self.start_at_once(&cell, slot);
+        Ok(NewTask {
+            cell,
+            admission: Admission::Running,
+        })
     }
 
-    fn note_started(&mut self, agent: &Arc<str>) {
-        self.n_running_tasks += 1;
-        self.load.record_started(agent);
+    /// Puts a task in its agent's queue (and, for a foreground child, in
+    /// its parent's line for the lent slot).
+    fn enqueue(
+        &self,
+        core: &mut Core,
+        cell: Arc<TaskCell>,
+        lender: Option<Lender<'_, '_>>,
+        queue_wait: Duration,
+    ) -> NewTask {
+        let (sender, admitted) = oneshot::channel();
+        cell.life.lock().admit = Some(sender);
+        self.table.insert(cell.clone());
+        let seq = core.next_queue_seq;
+        core.next_queue_seq += 1;
+        let queue = core.queues.entry(cell.agent.clone()).or_default();
+        queue.waiters.push_back((seq, cell.clone()));
+        queue.live += 1;
+        core.n_queued += 1;
+        if let Some(lender) = lender {
+            lender.life.borrowers().push_back(cell.id);
+        }
+        // Raised before the try below; see "Slots without a lock".
+        self.gate.0.queued.fetch_add(1, Ordering::SeqCst);
+        self.emit(|| RegistryEvent::Queued {
+            task_id: cell.id,
+            agent: cell.agent.clone(),
+            parent_id: cell.parent,
+            queued: core.n_queued,
+        });
+        let deadline = cell.created + queue_wait;
+        NewTask {
+            cell,
+            admission: Admission::Queued { admitted, deadline },
+        }
+    }
+
+    /// Drops borrowers of `parent` that left the queue another way. Called
+    /// under the admission lock, which every change to the line takes, with
+    /// the parent's own lock released while the children's are read.
+    fn compact_borrowers(&self, parent: &TaskCell) {
+        let mut borrowers = std::mem::take(parent.life.lock().borrowers());
+        borrowers.retain(|borrower| {
+            self.table
+                .get(*borrower)
+                .is_some_and(|cell| is_waiting(&cell))
+        });
+        let mut life = parent.life.lock();
+        // A parent that settled meanwhile lends nothing any more.
+        if life.ended.is_none() {
+            *life.borrowers() = borrowers;
+        }
+    }
+
+    fn note_started(&self, agent: &Arc<str>) {
+        self.counts.0.running.fetch_add(1, Ordering::Relaxed);
+        self.load.lock().record_started(agent);
     }
 
     // ----- the queue ------------------------------------------------------
 
     /// Bookkeeping for a task leaving its agent's queue other than from the
     /// front; its deque entry becomes a tombstone.
-    fn leave_queue_bookkeeping(&mut self, agent: &Arc<str>) {
-        self.n_queued = self.n_queued.saturating_sub(1);
-        if let Some(queue) = self.queues.get_mut(agent) {
+    fn leave_queue_bookkeeping(&self, core: &mut Core, agent: &Arc<str>) {
+        core.n_queued = core.n_queued.saturating_sub(1);
+        self.gate.0.queued.fetch_sub(1, Ordering::SeqCst);
+        if let Some(queue) = core.queues.get_mut(agent) {
             queue.live = queue.live.saturating_sub(1);
             if queue.live == 0 {
-                self.queues.remove(agent);
+                core.queues.remove(agent);
             } else if queue.waiters.len() > 2 * queue.live + 32 {
                 queue.waiters.retain(|(_, cell)| is_waiting(cell));
             }
@@ -627,23 +668,32 @@ impl State {
 
     /// Hands free slots to the oldest eligible waiters until slots or
     /// eligible waiters run out.
-    fn admit_waiters(&mut self) {
-        while self.n_queued > 0 && self.slots_in_use < self.settings.max_concurrent() {
-            let Some(cell) = self.pop_oldest_eligible() else {
+    fn admit_waiters(&self, core: &mut Core) {
+        while core.n_queued > 0 {
+            // The slot first: one freed by a settle that does not take this
+            // lock shows in the count.
+            if !self.take_slot() {
+                break;
+            }
+            let Some(cell) = self.pop_oldest_eligible(core) else {
+                self.counts.0.slots.fetch_sub(1, Ordering::SeqCst);
                 break;
             };
-            self.slots_in_use += 1;
-            self.admit_queued(&cell, Slot::Own);
+            self.admit_queued(core, &cell, Slot::Own);
         }
     }
 
     /// Removes and returns the oldest waiter whose agent has room.
-    fn pop_oldest_eligible(&mut self) -> Option<Arc<TaskCell>> {
+    fn pop_oldest_eligible(&self, core: &mut Core) -> Option<Arc<TaskCell>> {
         let mut best: Option<(u64, Arc<str>)> = None;
-        for (agent, queue) in &mut self.queues {
-            if !Self::agent_has_room(&self.load, &self.agent_caps, agent) {
+        let agents: Vec<Arc<str>> = core.queues.keys().cloned().collect();
+        for agent in agents {
+            if !self.agent_has_room(core, &agent) {
                 continue;
             }
+            let Some(queue) = core.queues.get_mut(&agent) else {
+                continue;
+            };
             while let Some((_, cell)) = queue.waiters.front() {
                 if is_waiting(cell) {
                     break;
@@ -653,24 +703,25 @@ impl State {
             if let Some(&(seq, _)) = queue.waiters.front()
                 && best.as_ref().is_none_or(|(best_seq, _)| seq < *best_seq)
             {
-                best = Some((seq, agent.clone()));
+                best = Some((seq, agent));
             }
         }
         let (_, agent) = best?;
-        let queue = self.queues.get_mut(&agent)?;
+        let queue = core.queues.get_mut(&agent)?;
         let (_, cell) = queue.waiters.pop_front()?;
         queue.live = queue.live.saturating_sub(1);
         if queue.live == 0 {
-            self.queues.remove(&agent);
+            core.queues.remove(&agent);
         }
-        self.n_queued = self.n_queued.saturating_sub(1);
+        core.n_queued = core.n_queued.saturating_sub(1);
+        self.gate.0.queued.fetch_sub(1, Ordering::SeqCst);
         Some(cell)
     }
 
     /// Marks a task that has just left the queue as running on `slot` and
     /// wakes its future. The caller has done the queue bookkeeping and the
     /// slot accounting.
-    fn admit_queued(&mut self, cell: &TaskCell, slot: Slot) {
+    fn admit_queued(&self, core: &Core, cell: &TaskCell, slot: Slot) {
         let queued_for = Instant::now().saturating_duration_since(cell.created);
         let admit = {
             let mut life = cell.life.lock();
@@ -689,15 +740,33 @@ impl State {
             task_id: cell.id,
             agent: cell.agent.clone(),
             parent_id: cell.parent,
-            running: self.slots_in_use,
-            max_concurrent: self.settings.max_concurrent(),
+            running: self.counts.0.slots.load(Ordering::Relaxed),
+            max_concurrent: core.settings.max_concurrent(),
             borrowed: matches!(slot, Slot::Borrowed(_)),
             queued_for,
         });
     }
 
     /// A queued task's own future gave up waiting (deadline or cancel).
-    pub(crate) fn leave_queue(&mut self, cell: &Arc<TaskCell>, reason: LeaveReason) -> QueueExit {
+    pub(crate) fn leave_queue(&self, cell: &Arc<TaskCell>, reason: LeaveReason) -> QueueExit {
+        let mut core = self.core.lock();
+        let exit = self.leave_queue_locked(&mut core, cell, reason);
+        drop(core);
+        if exit == QueueExit::Ended {
+            cell.done.notify_waiters();
+        }
+        exit
+    }
+
+    /// [`leave_queue`](Self::leave_queue) under the admission lock; the
+    /// caller wakes the task's waiters once the locks are released.
+    fn leave_queue_locked(
+        &self,
+        core: &mut Core,
+        cell: &Arc<TaskCell>,
+        reason: LeaveReason,
+    ) -> QueueExit {
+        let mut records = self.records.lock();
         let mut life = cell.life.lock();
         if life.status != TaskStatus::Queued {
             // Admitted before this call got the lock (and perhaps cancelled
@@ -716,8 +785,8 @@ impl State {
             }
             LeaveReason::Deadline => {
                 let waited = Instant::now().saturating_duration_since(cell.created);
-                let agent_cap = self.agent_caps.get(agent).copied();
-                let agent_running = self.load.in_flight(agent);
+                let agent_cap = core.agent_caps.get(agent).copied();
+                let agent_running = self.load.lock().in_flight(agent);
                 let message = match agent_cap {
                     Some(cap) if agent_running >= cap => format!(
                         "waited {} ms for a slot without getting one (agent `{agent}` already runs its maximum of {cap} tasks); raise that agent's max_concurrent or queue_wait_ms, or stop one of its tasks",
@@ -726,35 +795,53 @@ impl State {
                     _ => format!(
                         "waited {} ms for a slot without getting one (max_concurrent = {}, {} running); raise max_concurrent or queue_wait_ms, or stop a running task",
                         waited.as_millis(),
-                        self.settings.max_concurrent(),
-                        self.slots_in_use,
+                        core.settings.max_concurrent(),
+                        self.counts.0.slots.load(Ordering::SeqCst),
                     ),
                 };
                 life.status = TaskStatus::Failed;
-                life.failure = Some(TaskFailure::new(FailureKind::QueueTimeout, message));
+                life.failure = Some(Box::new(TaskFailure::new(
+                    FailureKind::QueueTimeout,
+                    message,
+                )));
             }
         }
+        // The bookkeeping may read other waiters' cells, and perhaps this
+        // one's tombstone, so it runs with no cell locked. Nobody else
+        // settles a task that has left the queue: its future does not run
+        // its work, and every other way out of the queue takes the
+        // admission lock, which is held here.
         drop(life);
-        self.leave_queue_bookkeeping(&cell.agent);
-        self.settle(cell);
+        self.leave_queue_bookkeeping(core, &cell.agent);
+        let life = cell.life.lock();
+        self.settle(Some(core), &mut records, cell, life);
         QueueExit::Ended
     }
 
     // ----- cancel ---------------------------------------------------------
 
-    pub(crate) fn cancel(&mut self, id: TaskId) -> Result<CancelOutcome, UnknownTask> {
-        let cell = self.tasks.get(&id).ok_or(UnknownTask(id))?.clone();
+    pub(crate) fn cancel(&self, id: TaskId) -> Result<CancelOutcome, UnknownTask> {
+        let cell = self.table.get(id).ok_or(UnknownTask(id))?;
+        // A queued task leaves the queue, which takes the admission lock
+        // first. A task never goes back to queued, so a task not queued
+        // now needs no lock but its own.
+        // Read in a statement of its own: a guard made in the condition
+        // would live until the admission lock is taken, the wrong order.
+        let queued = cell.life.lock().status == TaskStatus::Queued;
+        let mut core = queued.then(|| self.core.lock());
         let mut life = cell.life.lock();
-        match life.status {
-            TaskStatus::Queued => {
+        match (life.status, core.as_deref_mut()) {
+            (TaskStatus::Queued, Some(locked)) => {
                 drop(life);
                 cell.token.cancel();
-                self.leave_queue(&cell, LeaveReason::Cancelled);
+                self.leave_queue_locked(locked, &cell, LeaveReason::Cancelled);
+                drop(core);
+                cell.done.notify_waiters();
                 Ok(CancelOutcome::Cancelled {
                     was: TaskStatus::Queued,
                 })
             }
-            TaskStatus::Running => {
+            (TaskStatus::Running, _) => {
                 // The status flips now, so a completion racing with this
                 // cancel cannot overwrite it; the task's future sees the
                 // token, drops its work and settles.
@@ -765,7 +852,7 @@ impl State {
                     was: TaskStatus::Running,
                 })
             }
-            status => Ok(CancelOutcome::AlreadyFinished { status }),
+            (status, _) => Ok(CancelOutcome::AlreadyFinished { status }),
         }
     }
 
@@ -775,32 +862,53 @@ impl State {
     /// (handing it to the next waiter), and returns the stop event when the
     /// task's start phase had begun.
     pub(crate) fn finish(
-        &mut self,
+        &self,
         cell: &Arc<TaskCell>,
         outcome: Outcome,
         stop_event_wanted: bool,
     ) -> Option<SubagentStopEvent> {
-        {
+        // A settle that passes a lent slot on, or hands a slot to a waiter,
+        // does it under the admission lock. Whether it lends is read again
+        // under the task's own lock below, where it cannot change.
+        let mut needs_core =
+            cell.life.lock().involves_lending() || self.gate.0.queued.load(Ordering::SeqCst) > 0;
+        let mut outcome = Some(outcome);
+        loop {
+            let mut core = needs_core.then(|| self.core.lock());
+            let mut records = self.records.lock();
             let mut life = cell.life.lock();
             if life.ended.is_some() {
                 return None;
             }
+            if core.is_none() && life.involves_lending() {
+                needs_core = true;
+                continue;
+            }
             if life.status == TaskStatus::Running {
-                match outcome {
-                    Outcome::Completed(text) => {
+                match outcome.take() {
+                    Some(Outcome::Completed(text)) => {
                         life.status = TaskStatus::Completed;
                         life.output = Some(text);
                     }
-                    Outcome::Failed(failure) => {
+                    Some(Outcome::Failed(failure)) => {
                         life.status = TaskStatus::Failed;
-                        life.failure = Some(failure);
+                        life.failure = Some(Box::new(failure));
                     }
-                    Outcome::Cancelled => life.status = TaskStatus::Cancelled,
+                    Some(Outcome::Cancelled) | None => life.status = TaskStatus::Cancelled,
                 }
             }
             // Otherwise a cancel got there first and its status stands.
+            self.settle(core.as_deref_mut(), &mut records, cell, life);
+            drop(records);
+            drop(core);
+            break;
         }
-        self.settle(cell);
+        if !needs_core && self.gate.0.queued.load(Ordering::SeqCst) > 0 {
+            // Someone queued while this settle gave its slot back without
+            // the lock; see "Slots without a lock".
+            self.admit_waiters(&mut self.core.lock());
+        }
+        cell.done.notify_waiters();
         if !stop_event_wanted {
             return None;
         }
@@ -810,7 +918,7 @@ impl State {
     /// The task's future was dropped before it settled: leave the queue or
     /// finish as cancelled.
     pub(crate) fn abandon(
-        &mut self,
+        &self,
         cell: &Arc<TaskCell>,
         stop_event_wanted: bool,
     ) -> Option<SubagentStopEvent> {
@@ -822,48 +930,62 @@ impl State {
         self.finish(cell, Outcome::Cancelled, stop_event_wanted)
     }
 
-    /// Ends a task's life in the registry: end time, slot, load, retention,
-    /// waiters. Its status must already be terminal.
-    fn settle(&mut self, cell: &Arc<TaskCell>) {
+    /// Ends a task's life in the registry: end time, slot, load, retention.
+    /// Its status must already be terminal. `core` is held when the task
+    /// lends or borrows a slot, or when waiters may take its slot; the
+    /// caller wakes the task's waiters once the locks are released.
+    fn settle(
+        &self,
+        mut core: Option<&mut Core>,
+        records: &mut Records,
+        cell: &Arc<TaskCell>,
+        mut life: MutexGuard<'_, Life>,
+    ) {
         let now = Instant::now();
         let ended = now.saturating_duration_since(cell.created);
         let id = cell.id;
-        let (slot, lent_to, run_time, status, failure_kind) = {
-            let mut life = cell.life.lock();
-            life.ended = Some(ended);
-            life.borrowers.clear();
-            (
-                std::mem::replace(&mut life.slot, Slot::None),
-                life.lent_to.take(),
-                life.started.map(|started| ended.saturating_sub(started)),
-                life.status,
-                life.failure.as_ref().map(|failure| failure.kind),
-            )
-        };
+        life.ended = Some(ended);
+        let slot = std::mem::replace(&mut life.slot, Slot::None);
+        let lent_to = life.end_lending();
+        let run_time = life.started.map(|started| ended.saturating_sub(started));
+        let status = life.status;
+        let failure_kind = life.failure.as_ref().map(|failure| failure.kind);
         let was_running = run_time.is_some() && !cell.root;
+        // Given back before anyone can see the task ended (which they see
+        // under its lock), so a caller that saw it end finds its slot free.
+        if (slot, lent_to) == (Slot::Own, None) {
+            self.counts.0.slots.fetch_sub(1, Ordering::SeqCst);
+        }
+        if was_running {
+            self.counts.0.running.fetch_sub(1, Ordering::Relaxed);
+        }
+        drop(life);
 
-        match (slot, lent_to) {
-            (Slot::None, _) => {}
+        match (slot, lent_to, core.as_deref_mut()) {
+            (Slot::None | Slot::Own, None, _) => {}
             // The slot is with a foreground child that outlives us: it
             // becomes the child's, on the same terms we held it.
-            (slot, Some(child_id)) => {
-                if let Some(child) = self.tasks.get(&child_id) {
+            (slot, Some(child_id), _) => {
+                if let Some(child) = self.table.get(child_id) {
                     child.life.lock().slot = slot;
                 }
                 if let Slot::Borrowed(lender_id) = slot
-                    && let Some(lender) = self.tasks.get(&lender_id)
+                    && let Some(lender) = self.table.get(lender_id)
                 {
-                    lender.life.lock().lent_to = Some(child_id);
+                    lender.life.lock().set_lent_to(Some(child_id));
                 }
             }
-            (Slot::Own, None) => {
-                self.slots_in_use = self.slots_in_use.saturating_sub(1);
+            (Slot::Borrowed(lender_id), None, Some(core)) => self.return_slot(core, lender_id),
+            (Slot::Borrowed(_), None, None) => {
+                // `finish` takes the admission lock for every task on a
+                // borrowed slot, so this is not reached; were it reached,
+                // the lender's slot would only come back when the lender
+                // ends.
+                tracing::error!(task_id = %id, "a borrowed slot came back without the admission lock");
             }
-            (Slot::Borrowed(lender_id), None) => self.return_slot(lender_id),
         }
 
         if was_running {
-            self.n_running_tasks = self.n_running_tasks.saturating_sub(1);
             let outcome = match (status, failure_kind) {
                 (TaskStatus::Completed, _) => RunOutcome::Succeeded(run_time.unwrap_or_default()),
                 (TaskStatus::Failed, Some(kind)) if kind.counts_against_agent() => {
@@ -871,26 +993,28 @@ impl State {
                 }
                 _ => RunOutcome::Neutral,
             };
-            let window = self.settings.selector().load_window;
-            self.load.record_finished(&cell.agent, outcome, window);
+            let window = records.settings.selector().load_window;
+            self.load
+                .lock()
+                .record_finished(&cell.agent, outcome, window);
         }
 
-        self.finished_order.push_back(cell.clone());
-        self.n_undelivered += 1;
-        let inbox = self.inboxes.entry(cell.parent).or_default();
+        records.finished_order.push_back(cell.clone());
+        records.n_undelivered += 1;
+        let inbox = records.inboxes.entry(cell.parent).or_default();
         inbox.finished.push(id);
         inbox.undelivered += 1;
         if inbox.finished.len() > 2 * inbox.undelivered + 32 {
             // Ids delivered by waits pile up while one result stays unread.
-            let tasks = &self.tasks;
+            let table = &self.table;
             inbox
                 .finished
-                .retain(|id| tasks.get(id).is_some_and(|cell| is_undelivered(cell)));
+                .retain(|id| table.get(*id).is_some_and(|cell| is_undelivered(&cell)));
         }
         // A parent that failed or was cancelled reads no more results: this
         // one is settled as delivered, with nobody left to receive it.
         if let Some(parent) = cell.parent
-            && self.tasks.get(&parent).is_some_and(|parent| {
+            && self.table.get(parent).is_some_and(|parent| {
                 matches!(
                     parent.life.lock().status,
                     TaskStatus::Failed | TaskStatus::Cancelled
@@ -898,7 +1022,7 @@ impl State {
             })
         {
             // Nobody reads it; its handle, if any, is dropped at once.
-            drop(self.deliver(cell, now));
+            drop(deliver(records, cell, now));
         }
 
         if status != TaskStatus::Completed {
@@ -907,14 +1031,14 @@ impl State {
             // agent's on_finish policy has already decided their fate).
             cell.token.cancel();
             // Results its children left unread have nobody to go to now.
-            let unread = self
+            let unread = records
                 .inboxes
                 .get(&Some(id))
                 .map(|inbox| inbox.finished.clone())
                 .unwrap_or_default();
             for child_id in unread {
-                if let Some(child) = self.tasks.get(&child_id).cloned() {
-                    drop(self.deliver(&child, now));
+                if let Some(child) = self.table.get(child_id) {
+                    drop(deliver(records, &child, now));
                 }
             }
         }
@@ -927,69 +1051,66 @@ impl State {
                 failure: failure_kind,
             });
         }
-        cell.done.notify_waiters();
-        self.admit_waiters();
-        self.evict(now);
+        if let Some(core) = core {
+            self.admit_waiters(core);
+        }
+        self.evict(records, now);
     }
 
     /// A borrowed slot comes back to `lender_id`: it goes to the lender's
     /// next queued foreground child, or back to the lender.
-    fn return_slot(&mut self, lender_id: TaskId) {
-        let Some(lender) = self.tasks.get(&lender_id).cloned() else {
+    fn return_slot(&self, core: &mut Core, lender_id: TaskId) {
+        let Some(lender) = self.table.get(lender_id) else {
             // The lender is gone (cannot happen: a settling lender passes its
             // slot on); free the slot rather than leak it.
-            self.slots_in_use = self.slots_in_use.saturating_sub(1);
+            self.counts.0.slots.fetch_sub(1, Ordering::SeqCst);
             return;
         };
-        lender.life.lock().lent_to = None;
+        lender.life.lock().set_lent_to(None);
         loop {
-            let Some(borrower_id) = lender.life.lock().borrowers.pop_front() else {
+            let Some(borrower_id) = lender.life.lock().borrowers().pop_front() else {
                 return;
             };
-            let Some(borrower) = self.tasks.get(&borrower_id).cloned() else {
+            let Some(borrower) = self.table.get(borrower_id) else {
                 continue;
             };
             if !is_waiting(&borrower) {
                 continue;
             }
-            lender.life.lock().lent_to = Some(borrower_id);
-            self.leave_queue_bookkeeping(&borrower.agent);
-            self.admit_queued(&borrower, Slot::Borrowed(lender_id));
+            lender.life.lock().set_lent_to(Some(borrower_id));
+            self.leave_queue_bookkeeping(core, &borrower.agent);
+            self.admit_queued(core, &borrower, Slot::Borrowed(lender_id));
             return;
         }
     }
 
     // ----- retention and delivery -----------------------------------------
 
-    fn n_finished(&self) -> usize {
-        self.n_undelivered + self.delivered.len()
-    }
-
     /// Evicts delivered results past their TTL, then the oldest results
     /// while more than `max_finished` are kept: delivered ones first, and
     /// undelivered ones only as a last resort (counted and logged).
-    fn evict(&mut self, now: Instant) {
-        let ttl = self.settings.result_ttl();
-        let max_finished = self.settings.max_finished();
-        while let Some(&(delivered_at, id)) = self.delivered.front() {
-            if self.n_finished() <= max_finished
+    fn evict(&self, records: &mut Records, now: Instant) {
+        let ttl = records.settings.result_ttl();
+        let max_finished = records.settings.max_finished();
+        while let Some(&(delivered_at, id)) = records.delivered.front() {
+            if records.n_finished() <= max_finished
                 && now.saturating_duration_since(delivered_at) < ttl
             {
                 break;
             }
-            self.delivered.pop_front();
-            self.tasks.remove(&id);
+            records.delivered.pop_front();
+            self.table.remove(id);
         }
-        while self.n_finished() > max_finished {
-            let Some(cell) = self.finished_order.pop_front() else {
+        while records.n_finished() > max_finished {
+            let Some(cell) = records.finished_order.pop_front() else {
                 break;
             };
-            if !is_undelivered(&cell) || self.tasks.remove(&cell.id).is_none() {
+            if !is_undelivered(&cell) || self.table.remove(cell.id).is_none() {
                 continue;
             }
-            self.n_undelivered = self.n_undelivered.saturating_sub(1);
-            self.note_left_inbox(cell.parent);
-            self.counters.evicted_undelivered += 1;
+            records.n_undelivered = records.n_undelivered.saturating_sub(1);
+            records.note_left_inbox(cell.parent);
+            records.evicted_undelivered += 1;
             tracing::warn!(
                 task_id = %cell.id,
                 agent = %cell.agent,
@@ -997,9 +1118,230 @@ impl State {
                 "evicted a finished task whose result was never read; raise max_finished or collect results sooner"
             );
         }
-        if self.finished_order.len() > 2 * self.n_undelivered + 64 {
-            self.finished_order.retain(|cell| is_undelivered(cell));
+        if records.finished_order.len() > 2 * records.n_undelivered + 64 {
+            records.finished_order.retain(|cell| is_undelivered(cell));
         }
+    }
+
+    /// The finished task's snapshot, marked delivered; while it has not
+    /// finished, its cell to wait on.
+    pub(crate) fn collect(&self, id: TaskId) -> Result<Collected, UnknownTask> {
+        let cell = self.table.get(id).ok_or(UnknownTask(id))?;
+        let mut records = self.records.lock();
+        let mut life = cell.life.lock();
+        if life.ended.is_none() {
+            drop(life);
+            return Ok(Collected::Pending(cell));
+        }
+        let now = Instant::now();
+        let newly_delivered = life.delivered_at.is_none();
+        if newly_delivered {
+            life.delivered_at = Some(now);
+        }
+        let task = snapshot_of(&cell, &life, now);
+        drop(life);
+        let join = cell.join.lock().take();
+        if newly_delivered {
+            records.note_delivered(id, task.parent_id, now);
+        }
+        Ok(Collected::Finished(
+            WaitOutcome {
+                task,
+                newly_delivered,
+            },
+            join,
+        ))
+    }
+
+    /// Every finished child of `parent` not yet handed over, oldest first,
+    /// now marked delivered, with the join handles taken from them for the
+    /// caller to drop once the locks are released (see [`TaskCell::join`]).
+    pub(crate) fn take_finished(
+        &self,
+        parent: Option<TaskId>,
+    ) -> (Vec<TaskSnapshot>, Vec<JoinHandle<()>>) {
+        let mut records = self.records.lock();
+        let Some(inbox) = records.inboxes.remove(&parent) else {
+            return (Vec::new(), Vec::new());
+        };
+        let now = Instant::now();
+        let mut taken = Vec::with_capacity(inbox.undelivered);
+        let mut joins = Vec::with_capacity(inbox.undelivered);
+        for id in inbox.finished {
+            // Evicted ones are gone from the table, and so not handed over.
+            let Some(cell) = self.table.get(id) else {
+                continue;
+            };
+            let Some(join) = deliver(&mut records, &cell, now) else {
+                continue;
+            };
+            joins.extend(join);
+            taken.push(snapshot_of(&cell, &cell.life.lock(), now));
+        }
+        self.evict(&mut records, now);
+        (taken, joins)
+    }
+
+    // ----- reading ----------------------------------------------------------
+
+    pub(crate) fn snapshot(&self, id: TaskId, now: Instant) -> Option<TaskSnapshot> {
+        self.table
+            .get(id)
+            .map(|cell| snapshot_of(&cell, &cell.life.lock(), now))
+    }
+
+    pub(crate) fn list(&self, filter: &TaskFilter) -> Vec<TaskSnapshot> {
+        let now = Instant::now();
+        self.evict(&mut self.records.lock(), now);
+        let mut matching: Vec<(u64, TaskSnapshot)> = self
+            .table
+            .cells()
+            .into_iter()
+            .filter_map(|cell| {
+                let life = cell.life.lock();
+                filter
+                    .matches(life.status, cell.parent, &cell.agent)
+                    .then(|| (cell.seq, snapshot_of(&cell, &life, now)))
+            })
+            .collect();
+        matching.sort_unstable_by_key(|(seq, _)| *seq);
+        matching.into_iter().map(|(_, task)| task).collect()
+    }
+
+    pub(crate) fn start_event(&self, cell: &TaskCell) -> SubagentStartEvent {
+        SubagentStartEvent {
+            task: hook_task(cell, &cell.life.lock()),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> crate::RegistryStats {
+        let max_concurrent = self.settings().max_concurrent();
+        let (retained_finished, undelivered, evicted_undelivered) = {
+            let records = self.records.lock();
+            (
+                records.n_finished(),
+                records.n_undelivered,
+                records.evicted_undelivered,
+            )
+        };
+        crate::RegistryStats {
+            slots_in_use: self.counts.0.slots.load(Ordering::SeqCst),
+            running: self.counts.0.running.load(Ordering::SeqCst),
+            queued: self.gate.0.queued.load(Ordering::SeqCst),
+            max_concurrent,
+            retained_finished,
+            undelivered,
+            tracked: self.table.len(),
+            spawned: self.spawn_counts.0.spawned.load(Ordering::Relaxed),
+            refused: self.spawn_counts.0.refused.load(Ordering::Relaxed),
+            hook_failures: self.hook_failures.load(Ordering::Relaxed),
+            evicted_undelivered,
+        }
+    }
+
+    /// Runs the periodic sweep: settings, admission and retention.
+    pub(crate) fn sweep(&self) {
+        let window = {
+            let mut core = self.core.lock();
+            self.refresh_settings(&mut core);
+            self.admit_waiters(&mut core);
+            core.settings.selector().load_window
+        };
+        self.evict(&mut self.records.lock(), Instant::now());
+        self.load.lock().forget_idle(window);
+    }
+
+    pub(crate) fn emit_hook_failure(&self, event: RegistryEvent) {
+        self.hook_failures.fetch_add(1, Ordering::Relaxed);
+        self.emit(|| event);
+    }
+
+    /// Picks an agent with the live load and strategy, and records the
+    /// selection.
+    pub(crate) fn select_agent(
+        &self,
+        request: &SelectionRequest<'_>,
+        candidates: &[AgentCandidate],
+    ) -> Result<Selection, SelectionError> {
+        let mut core = self.core.lock();
+        self.refresh_settings(&mut core);
+        let tuning = *core.settings.selector();
+        let mut load = self.load.lock();
+        let selection = core
+            .selector
+            .select(request, candidates, &tuning, |agent| {
+                load.snapshot(agent, tuning.load_window)
+            })?;
+        load.record_selection(&selection.agent, tuning.load_window);
+        Ok(selection)
+    }
+
+    /// One agent's load as the selector sees it.
+    pub(crate) fn agent_load(&self, agent: &str) -> AgentLoadSnapshot {
+        let window = self.settings().selector().load_window;
+        self.load.lock().snapshot(agent, window)
+    }
+
+    /// Whether the task's join handle is still kept (see [`TaskCell::join`]).
+    #[cfg(test)]
+    pub(crate) fn keeps_join_handle(&self, id: TaskId) -> Option<bool> {
+        let cell = self.table.get(id)?;
+        let kept = cell.join.lock().is_some();
+        Some(kept)
+    }
+
+    /// Every task id still queued or running, for shutdown.
+    pub(crate) fn active_ids(&self) -> Vec<TaskId> {
+        self.table
+            .cells()
+            .into_iter()
+            .filter(|cell| cell.life.lock().ended.is_none())
+            .map(|cell| cell.id)
+            .collect()
+    }
+}
+
+/// The parent a foreground child borrows from, with its lock held by the
+/// spawn.
+struct Lender<'guard, 'life> {
+    id: TaskId,
+    life: &'guard mut MutexGuard<'life, Life>,
+    /// Whether its slot is free to lend now (not lent to another child).
+    can_lend: bool,
+}
+
+/// A child may be spawned only by a running parent.
+fn check_parent(parent: TaskId, life: &Life) -> Result<(), SpawnError> {
+    if life.status == TaskStatus::Running && life.ended.is_none() {
+        Ok(())
+    } else {
+        Err(SpawnError::ParentNotRunning {
+            parent,
+            status: life.status,
+        })
+    }
+}
+
+/// Marks a finished task's result as handed over and lets go of its
+/// join handle, returned for the caller to drop (see [`TaskCell::join`]).
+/// `None` when the result was not there to deliver: not finished, or
+/// already delivered.
+fn deliver(records: &mut Records, cell: &TaskCell, now: Instant) -> Option<Option<JoinHandle<()>>> {
+    {
+        let mut life = cell.life.lock();
+        if life.ended.is_none() || life.delivered_at.is_some() {
+            return None;
+        }
+        life.delivered_at = Some(now);
+    }
+    let join = cell.join.lock().take();
+    records.note_delivered(cell.id, cell.parent, now);
+    Some(join)
+}
+
+impl Records {
+    fn n_finished(&self) -> usize {
+        self.n_undelivered + self.delivered.len()
     }
 
     /// One of `parent`'s undelivered children was delivered or evicted.
@@ -1013,241 +1355,10 @@ impl State {
         }
     }
 
-    /// Marks a finished task's result as handed over and lets go of its
-    /// join handle, returned for the caller to drop (see [`TaskCell::join`]).
-    /// `None` when the result was not there to deliver: not finished, or
-    /// already delivered.
-    fn deliver(&mut self, cell: &TaskCell, now: Instant) -> Option<Option<JoinHandle<()>>> {
-        {
-            let mut life = cell.life.lock();
-            if life.ended.is_none() || life.delivered_at.is_some() {
-                return None;
-            }
-            life.delivered_at = Some(now);
-        }
-        let join = cell.join.lock().take();
-        self.note_delivered(cell.id, cell.parent, now);
-        Some(join)
-    }
-
     /// Bookkeeping for a result just marked delivered.
     fn note_delivered(&mut self, id: TaskId, parent: Option<TaskId>, now: Instant) {
         self.n_undelivered = self.n_undelivered.saturating_sub(1);
         self.note_left_inbox(parent);
         self.delivered.push_back((now, id));
     }
-
-    /// The finished task's snapshot, marked delivered; while it has not
-    /// finished, its cell to wait on.
-    pub(crate) fn collect(&mut self, id: TaskId) -> Result<Collected, UnknownTask> {
-        // One table lookup: this is the hot path of every collecting wait.
-        let cell = self.tasks.get(&id).ok_or(UnknownTask(id))?;
-        let mut life = cell.life.lock();
-        if life.ended.is_none() {
-            return Ok(Collected::Pending(cell.clone()));
-        }
-        let now = Instant::now();
-        let newly_delivered = life.delivered_at.is_none();
-        if newly_delivered {
-            life.delivered_at = Some(now);
-        }
-        let task = snapshot_of(cell, &life, now);
-        drop(life);
-        let join = cell.join.lock().take();
-        if newly_delivered {
-            self.note_delivered(id, task.parent_id, now);
-        }
-        Ok(Collected::Finished(
-            WaitOutcome {
-                task,
-                newly_delivered,
-            },
-            join,
-        ))
-    }
-
-    /// Every finished child of `parent` not yet handed over, oldest first,
-    /// now marked delivered, with the join handles taken from them for the
-    /// caller to drop once the lock is released (see [`TaskCell::join`]).
-    pub(crate) fn take_finished(
-        &mut self,
-        parent: Option<TaskId>,
-    ) -> (Vec<TaskSnapshot>, Vec<JoinHandle<()>>) {
-        let Some(inbox) = self.inboxes.remove(&parent) else {
-            return (Vec::new(), Vec::new());
-        };
-        let now = Instant::now();
-        let mut taken = Vec::with_capacity(inbox.undelivered);
-        let mut joins = Vec::with_capacity(inbox.undelivered);
-        for id in inbox.finished {
-            // Evicted ones are gone from the table, and so not handed over.
-            let Some(cell) = self.tasks.get(&id).cloned() else {
-                continue;
-            };
-            let Some(join) = self.deliver(&cell, now) else {
-                continue;
-            };
-            joins.extend(join);
-            taken.push(snapshot_of(&cell, &cell.life.lock(), now));
-        }
-        self.evict(now);
-        (taken, joins)
-    }
-
-    // ----- reading ----------------------------------------------------------
-
-    pub(crate) fn snapshot(&self, id: TaskId, now: Instant) -> Option<TaskSnapshot> {
-        self.tasks
-            .get(&id)
-            .map(|cell| snapshot_of(cell, &cell.life.lock(), now))
-    }
-
-    pub(crate) fn list(&mut self, filter: &TaskFilter) -> Vec<TaskSnapshot> {
-        let now = Instant::now();
-        self.evict(now);
-        let mut matching: Vec<(u64, &Arc<TaskCell>)> = self
-            .tasks
-            .values()
-            .filter_map(|cell| {
-                let life = cell.life.lock();
-                filter
-                    .matches(life.status, cell.parent, &cell.agent)
-                    .then_some((life.seq, cell))
-            })
-            .collect();
-        matching.sort_unstable_by_key(|(seq, _)| *seq);
-        matching
-            .into_iter()
-            .map(|(_, cell)| snapshot_of(cell, &cell.life.lock(), now))
-            .collect()
-    }
-
-    pub(crate) fn start_event(&self, cell: &TaskCell) -> SubagentStartEvent {
-        SubagentStartEvent {
-            task: hook_task(cell, &cell.life.lock()),
-        }
-    }
-
-    pub(crate) fn stats(&self) -> crate::RegistryStats {
-        crate::RegistryStats {
-            slots_in_use: self.slots_in_use,
-            running: self.n_running_tasks,
-            queued: self.n_queued,
-            max_concurrent: self.settings.max_concurrent(),
-            retained_finished: self.n_finished(),
-            undelivered: self.n_undelivered,
-            tracked: self.tasks.len(),
-            spawned: self.counters.spawned,
-            refused: self.counters.refused,
-            hook_failures: self.counters.hook_failures,
-            evicted_undelivered: self.counters.evicted_undelivered,
-        }
-    }
-
-    /// Runs the periodic sweep: settings, admission and retention.
-    pub(crate) fn sweep(&mut self) {
-        self.refresh_settings();
-        self.admit_waiters();
-        self.evict(Instant::now());
-        self.load.forget_idle(self.settings.selector().load_window);
-    }
-
-    pub(crate) fn emit_hook_failure(&mut self, event: RegistryEvent) {
-        self.counters.hook_failures += 1;
-        self.emit(|| event);
-    }
-
-    /// Whether the task's join handle is still kept (see [`TaskCell::join`]).
-    #[cfg(test)]
-    pub(crate) fn keeps_join_handle(&self, id: TaskId) -> Option<bool> {
-        let cell = self.tasks.get(&id)?;
-        Some(cell.join.lock().is_some())
-    }
-
-    /// Every task id still queued or running, for shutdown.
-    pub(crate) fn active_ids(&self) -> Vec<TaskId> {
-        self.tasks
-            .values()
-            .filter(|cell| cell.life.lock().ended.is_none())
-            .map(|cell| cell.id)
-            .collect()
-    }
-}
-
-/// Why a queued task's own future left the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LeaveReason {
-    Cancelled,
-    Deadline,
-}
-
-/// The stop event of a task that has settled.
-fn stop_event(cell: &TaskCell) -> Option<SubagentStopEvent> {
-    let life = cell.life.lock();
-    let ended = life.ended?;
-    let duration = life
-        .started
-        .map(|started| ended.saturating_sub(started))
-        .unwrap_or_default();
-    Some(SubagentStopEvent {
-        task: hook_task(cell, &life),
-        status: life.status,
-        error: life.failure.clone(),
-        output: life.output.clone(),
-        duration,
-        usage: *cell.usage.lock(),
-        ended_at: cell.created_at + ended,
-    })
-}
-
-fn hook_task(cell: &TaskCell, life: &Life) -> HookTask {
-    HookTask {
-        id: cell.id,
-        parent_id: cell.parent,
-        agent: cell.agent.clone(),
-        labels: cell.labels.clone(),
-        text: cell.task.clone(),
-        depth: cell.depth,
-        background: cell.background,
-        created_at: cell.created_at,
-        queued_for: life.started.unwrap_or_default(),
-    }
-}
-
-fn snapshot_of(cell: &TaskCell, life: &Life, now: Instant) -> TaskSnapshot {
-    // Only a task still queued or running needs the clock.
-    let age = || now.saturating_duration_since(cell.created);
-    TaskSnapshot {
-        id: cell.id,
-        parent_id: cell.parent,
-        agent: cell.agent.clone(),
-        labels: cell.labels.clone(),
-        task: cell.task.clone(),
-        depth: cell.depth,
-        background: cell.background,
-        root: cell.root,
-        status: life.status,
-        failure: life.failure.clone(),
-        output: life.output.clone(),
-        usage: *cell.usage.lock(),
-        created_at: cell.created_at,
-        started_at: life.started.map(|started| cell.created_at + started),
-        ended_at: life.ended.map(|ended| cell.created_at + ended),
-        queued_for: life.started.or(life.ended).unwrap_or_else(age),
-        run_time: life
-            .started
-            .map(|started| life.ended.unwrap_or_else(age).saturating_sub(started)),
-        delivered: life.delivered_at.is_some(),
-    }
-}
-
-/// Whether the task has finished and its result has not been handed over.
-fn is_undelivered(cell: &TaskCell) -> bool {
-    let life = cell.life.lock();
-    life.ended.is_some() && life.delivered_at.is_none()
-}
-
-/// Whether the task is still waiting in the queue.
-fn is_waiting(cell: &TaskCell) -> bool {
-    cell.life.lock().status == TaskStatus::Queued
 }

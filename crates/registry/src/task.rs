@@ -10,11 +10,12 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::cell::TaskCell;
 use crate::hook::{StartVerdict, panic_message};
 use crate::id::TaskId;
 use crate::registry::Registry;
 use crate::spec::TaskLabels;
-use crate::state::{LeaveReason, Outcome, QueueExit, TaskCell};
+use crate::state::{LeaveReason, Outcome, QueueExit};
 use crate::status::{FailureKind, TaskFailure};
 use crate::usage::Usage;
 
@@ -192,24 +193,31 @@ pub(crate) async fn run_admitted<F, Fut>(
 
     // Root runs are not sub-agents: no hooks.
     guard.start_began = !cell.root;
-    // The hook phases are boxed and entered only when there are hooks:
-    // inline, their futures made every task's future, and the allocation
-    // each spawn makes for it, more than twice as large.
-    let start = if guard.start_began && registry.hooks().has_start_hooks() {
-        Box::pin(start_phase(registry, cell)).await
-    } else {
-        StartPhase::Allowed(None)
-    };
-
-    let outcome = match start {
-        StartPhase::Denied(failure) => Outcome::Failed(failure),
-        StartPhase::Cancelled => Outcome::Cancelled,
-        StartPhase::Allowed(additional_context) => {
-            let context = TaskContext {
+    // Each phase's values live in a block of their own: a local still in
+    // scope at an await takes room in the future, and so in the allocation
+    // every spawn makes for it, even after it has been moved out.
+    let outcome = {
+        // The hook phases are boxed and entered only when there are hooks:
+        // inline, their futures made every task's future more than twice
+        // as large.
+        let start = if guard.start_began && registry.hooks().has_start_hooks() {
+            Box::pin(start_phase(registry, cell)).await
+        } else {
+            StartPhase::Allowed(None)
+        };
+        match start {
+            StartPhase::Denied(failure) => Err(Outcome::Failed(failure)),
+            StartPhase::Cancelled => Err(Outcome::Cancelled),
+            StartPhase::Allowed(additional_context) => Ok(TaskContext {
                 cell: cell.clone(),
                 registry: registry.clone(),
                 additional_context,
-            };
+            }),
+        }
+    };
+    let outcome = match outcome {
+        Err(outcome) => outcome,
+        Ok(context) => {
             tokio::select! {
                 biased;
                 () = cell.token.cancelled() => Outcome::Cancelled,
@@ -219,12 +227,15 @@ pub(crate) async fn run_admitted<F, Fut>(
     };
 
     let wants_stop = guard.start_began && registry.hooks().has_stop_hooks();
-    let stop = registry.finish(cell, outcome, wants_stop);
-    guard.armed = false;
-    if let Some(event) = stop {
-        // The event moves into the box, so it takes no room in this future.
+    let stop_hooks = registry.finish(cell, outcome, wants_stop).map(|event| {
+        // The event moves into the box, so it takes no room in this
+        // future.
         let registry = registry.clone();
-        Box::pin(async move { registry.run_stop_hooks(&event).await }).await;
+        Box::pin(async move { registry.run_stop_hooks(&event).await })
+    });
+    guard.armed = false;
+    if let Some(stop_hooks) = stop_hooks {
+        stop_hooks.await;
     }
 }
 
@@ -264,11 +275,10 @@ where
     F: FnOnce(TaskContext) -> Fut,
     Fut: Future<Output = Result<String, TaskFailure>>,
 {
-    let future = match std::panic::catch_unwind(AssertUnwindSafe(move || work(context))) {
-        Ok(future) => future,
+    let guarded = match std::panic::catch_unwind(AssertUnwindSafe(move || work(context))) {
+        Ok(future) => AssertUnwindSafe(future).catch_unwind(),
         Err(panic) => return Outcome::Failed(panicked(&*panic)),
     };
-    let guarded = AssertUnwindSafe(future).catch_unwind();
     let result = match time_limit {
         None => guarded.await,
         // Boxed: a timer makes the future larger, and most tasks have none.
@@ -283,7 +293,7 @@ where
         },
     };
     match result {
-        // Made into the shared form here, not under the registry's lock.
+        // Made into the shared form here, not under the registry's locks.
         Ok(Ok(text)) => Outcome::Completed(Arc::from(text)),
         Ok(Err(failure)) => Outcome::Failed(failure),
         Err(panic) => Outcome::Failed(panicked(&*panic)),

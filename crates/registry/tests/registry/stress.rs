@@ -264,3 +264,173 @@ async fn run(seed: u64, operations: usize) {
         );
     }
 }
+
+/// The same invariants with spawns, settles, cancels, waits and cap changes
+/// racing on several threads, which the paused single-thread test above
+/// cannot interleave: slots are taken and given back without a lock while
+/// nobody waits, so this checks that the two paths never leak a slot, never
+/// run more work than the cap, end every task and never lose a Stop. (A
+/// waiter stranded beside a free slot would still be admitted by the
+/// `queue_poll_ms` sweep, so this cannot tell that race apart.) No timing
+/// is asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn concurrent_workloads_keep_every_invariant() {
+    // Several rounds, each a fresh registry, for more interleavings.
+    for round in 0..4 {
+        concurrent_round(round).await;
+    }
+}
+
+async fn concurrent_round(round: u64) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const CAP_MAX: i64 = 4;
+    let ledger = Arc::new(StartStop::default());
+    let handle = SettingsHandle::new(settings(|s| {
+        s.max_concurrent = Some(2);
+        s.queue_wait_ms = Some(600_000);
+        s.max_queue = Some(100_000);
+        s.max_finished = Some(1_000_000);
+    }));
+    let registry = Registry::builder()
+        .settings(handle.clone())
+        .hooks(HookStack::new().with_both(ledger.clone()))
+        .build();
+    // Parentless work on an own slot: how many run at once, and the most.
+    let in_work = Arc::new(AtomicUsize::new(0));
+    let most_in_work = Arc::new(AtomicUsize::new(0));
+
+    let mut drivers = Vec::new();
+    for seed in (round * 3)..(round * 3 + 3) {
+        let registry = registry.clone();
+        let in_work = in_work.clone();
+        let most_in_work = most_in_work.clone();
+        drivers.push(tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let mut ids = Vec::new();
+            for _ in 0..3_000 {
+                match rng.u8(..100) {
+                    0..=59 => {
+                        let agent = ["a", "b", "capped"][rng.usize(..3)];
+                        let yields = rng.usize(..6);
+                        let fails = rng.u8(..10) == 0;
+                        let in_work = in_work.clone();
+                        let most_in_work = most_in_work.clone();
+                        let spawned = registry
+                            .spawn(bg(agent, "race"), move |context| async move {
+                                let now = in_work.fetch_add(1, Ordering::SeqCst) + 1;
+                                most_in_work.fetch_max(now, Ordering::SeqCst);
+                                // A cancel drops the work at an await: count
+                                // it out then too.
+                                let _leaving = LeaveOnDrop(in_work);
+                                for _ in 0..yields {
+                                    tokio::task::yield_now().await;
+                                }
+                                // A background child of a running parent
+                                // takes the parent's lock on the fast path.
+                                if yields == 5 {
+                                    let _ = context.registry().spawn(
+                                        bg(agent, "child").parent(context.id()),
+                                        |_| async { Ok("child".to_owned()) },
+                                    );
+                                }
+                                if fails {
+                                    Err(TaskFailure::provider("upstream 500"))
+                                } else {
+                                    Ok("ok".to_owned())
+                                }
+                            })
+                            .expect("no refusals with this queue size");
+                        ids.push(spawned.id);
+                    }
+                    60..=74 => {
+                        if !ids.is_empty() {
+                            registry.cancel(ids[rng.usize(..ids.len())]).unwrap();
+                        }
+                    }
+                    75..=89 => {
+                        if !ids.is_empty() {
+                            let id = ids[rng.usize(..ids.len())];
+                            registry
+                                .wait(id, Some(Duration::from_millis(1)))
+                                .await
+                                .unwrap();
+                        }
+                    }
+                    _ => tokio::task::yield_now().await,
+                }
+            }
+            ids
+        }));
+    }
+    let caps = {
+        let handle = handle.clone();
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(99 + round);
+            for _ in 0..300 {
+                let cap = rng.i64(1..=CAP_MAX);
+                handle.publish(settings(|s| {
+                    s.max_concurrent = Some(cap);
+                    s.queue_wait_ms = Some(600_000);
+                    s.max_queue = Some(100_000);
+                    s.max_finished = Some(1_000_000);
+                }));
+                registry.set_agent_limit("capped", (rng.bool()).then_some(1));
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+
+    let mut spawned = Vec::new();
+    for driver in drivers {
+        spawned.extend(driver.await.unwrap());
+    }
+    caps.await.unwrap();
+    // Every task ends: a queued one is admitted as slots free up, or was
+    // cancelled. A waiter stranded beside a free slot would hang here, so
+    // the wait is bounded and says so.
+    for id in &spawned {
+        let outcome = tokio::time::timeout(Duration::from_secs(60), registry.wait(*id, None))
+            .await
+            .unwrap_or_else(|_| panic!("task {id} never ended: {:?}", registry.stats()))
+            .unwrap();
+        assert!(outcome.task.status.is_terminal());
+    }
+    // Children and stop hooks finish on their own; give them the time.
+    let quiet = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let stats = registry.stats();
+            if (stats.slots_in_use, stats.running, stats.queued) == (0, 0, 0)
+                && ledger.starts.lock().len() == ledger.stops.lock().len()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(quiet.is_ok(), "slots or stops left: {:?}", registry.stats());
+
+    assert!(
+        most_in_work.load(Ordering::SeqCst) <= CAP_MAX as usize,
+        "{} parentless tasks ran at once, above every cap this test set",
+        most_in_work.load(Ordering::SeqCst)
+    );
+    let starts = ledger.starts.lock().clone();
+    let stops = ledger.stops.lock().clone();
+    for (id, count) in &starts {
+        assert_eq!(*count, 1);
+        assert_eq!(stops.get(id), Some(&1), "{id} has no single stop");
+    }
+    assert_eq!(starts.len(), stops.len());
+}
+
+/// Counts one unit of work out of a shared count when dropped.
+struct LeaveOnDrop(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for LeaveOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
