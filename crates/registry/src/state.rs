@@ -6,7 +6,9 @@
 //! # Who locks what
 //!
 //! The common task is admitted at once, because a slot is free and nobody
-//! waits, and settles with nothing lent. Its admission is a compare-and-set
+//! waited when it looked, and settles with nothing lent. (A waiter that
+//! queues between that look and the compare-and-set can be overtaken by
+//! this one spawn; no slot is left idle by it.) Its admission is a compare-and-set
 //! on the slot count, so its spawn takes no lock a settle takes except the
 //! load tracker's, and one shard of the task table. Everything that
 //! involves the queue or a lent slot takes the admission lock (`core`).
@@ -923,8 +925,9 @@ impl State {
         stop_event_wanted: bool,
     ) -> Option<SubagentStopEvent> {
         let queued = cell.life.lock().status == TaskStatus::Queued;
-        if queued {
-            self.leave_queue(cell, LeaveReason::Cancelled);
+        // Admitted between the read and the admission lock, it is running
+        // with nobody left to finish it but this.
+        if queued && self.leave_queue(cell, LeaveReason::Cancelled) == QueueExit::Ended {
             return None;
         }
         self.finish(cell, Outcome::Cancelled, stop_event_wanted)
@@ -1126,8 +1129,10 @@ impl State {
     /// The finished task's snapshot, marked delivered; while it has not
     /// finished, its cell to wait on.
     pub(crate) fn collect(&self, id: TaskId) -> Result<Collected, UnknownTask> {
-        let cell = self.table.get(id).ok_or(UnknownTask(id))?;
+        // The lookup under `records`, which eviction holds: a task evicted
+        // undelivered is gone here, not delivered a second time.
         let mut records = self.records.lock();
+        let cell = self.table.get(id).ok_or(UnknownTask(id))?;
         let mut life = cell.life.lock();
         if life.ended.is_none() {
             drop(life);
