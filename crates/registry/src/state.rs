@@ -501,16 +501,8 @@ impl State {
         }
         self.table.insert(cell.clone());
         if !cell.root {
-            self.note_started(&cell.agent);
-            self.emit(|| RegistryEvent::Started {
-                task_id: cell.id,
-                agent: cell.agent.clone(),
-                parent_id: cell.parent,
-                running: self.counts.0.slots.load(Ordering::Relaxed),
-                max_concurrent: self.gate.0.max_concurrent.load(Ordering::Relaxed),
-                borrowed: matches!(slot, Slot::Borrowed(_)),
-                queued_for: Duration::ZERO,
-            });
+            let max_concurrent = self.gate.0.max_concurrent.load(Ordering::Relaxed);
+            self.note_started(cell, slot, max_concurrent, Duration::ZERO);
         }
     }
 
@@ -646,9 +638,25 @@ impl State {
         }
     }
 
-    fn note_started(&self, agent: &Arc<str>) {
+    /// Counts a sub-agent that has just started on `slot` and announces it.
+    fn note_started(
+        &self,
+        cell: &TaskCell,
+        slot: Slot,
+        max_concurrent: usize,
+        queued_for: Duration,
+    ) {
         self.counts.0.running.fetch_add(1, Ordering::Relaxed);
-        self.load.lock().record_started(agent);
+        self.load.lock().record_started(&cell.agent);
+        self.emit(|| RegistryEvent::Started {
+            task_id: cell.id,
+            agent: cell.agent.clone(),
+            parent_id: cell.parent,
+            running: self.counts.0.slots.load(Ordering::Relaxed),
+            max_concurrent,
+            borrowed: matches!(slot, Slot::Borrowed(_)),
+            queued_for,
+        });
     }
 
     // ----- the queue ------------------------------------------------------
@@ -737,16 +745,7 @@ impl State {
             // whose guard then settles the task; nothing to do here.
             let _ = admit.send(());
         }
-        self.note_started(&cell.agent);
-        self.emit(|| RegistryEvent::Started {
-            task_id: cell.id,
-            agent: cell.agent.clone(),
-            parent_id: cell.parent,
-            running: self.counts.0.slots.load(Ordering::Relaxed),
-            max_concurrent: core.settings.max_concurrent(),
-            borrowed: matches!(slot, Slot::Borrowed(_)),
-            queued_for,
-        });
+        self.note_started(cell, slot, core.settings.max_concurrent(), queued_for);
     }
 
     /// A queued task's own future gave up waiting (deadline or cancel).
