@@ -12,7 +12,10 @@
 //!   registration order, and handed to the work.
 //! * Every task whose start phase began gets exactly one SubagentStop, on
 //!   every path: completion, failure, cancel, panic, time limit, denial by a
-//!   start hook and registry shutdown. Stop hooks run one after another in
+//!   start hook and registry shutdown. A task cancelled just as its start
+//!   phase began can get its Stop with no start hook called (or only the
+//!   first few), so a Stop hook must not assume a matching Start.
+//!   Stop hooks run one after another in
 //!   registration order, after the task's slot has been handed on, so they
 //!   never delay the next task.
 //! * A hook that errors, panics or runs past its [`time limit`] is logged and

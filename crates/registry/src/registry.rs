@@ -63,8 +63,6 @@ struct Shared {
     state: State,
     hooks: HookStack,
     tracker: TaskTracker,
-    events: broadcast::Sender<RegistryEvent>,
-    settings: SettingsHandle,
 }
 
 impl fmt::Debug for Registry {
@@ -188,17 +186,15 @@ impl RegistryBuilder {
     pub fn build(self) -> Registry {
         let (events, _) = broadcast::channel(self.event_capacity);
         let state = State::new(
-            self.settings.clone(),
+            self.settings,
             LoadTracker::new(self.clock),
             Selector::with_seed(self.seed),
-            events.clone(),
+            events,
         );
         let shared = Arc::new(Shared {
             state,
             hooks: self.hooks,
             tracker: TaskTracker::new(),
-            events,
-            settings: self.settings,
         });
         tokio::spawn(housekeeping(Arc::downgrade(&shared)));
         Registry { shared }
@@ -208,7 +204,10 @@ impl RegistryBuilder {
 /// Applies published settings at once and sweeps every `queue_poll_ms`
 /// until the registry is dropped.
 async fn housekeeping(shared: Weak<Shared>) {
-    let Some(mut changes) = shared.upgrade().map(|shared| shared.settings.subscribe()) else {
+    let Some(mut changes) = shared
+        .upgrade()
+        .map(|shared| shared.state.settings_handle().subscribe())
+    else {
         return;
     };
     loop {
@@ -426,9 +425,7 @@ impl Registry {
 
     /// A stream of lifecycle events from now on (see [`RegistryEvent`]).
     pub fn subscribe(&self) -> broadcast::Receiver<RegistryEvent> {
-        // Noted first, so every event emitted after this returns is built.
-        self.shared.state.note_listener();
-        self.shared.events.subscribe()
+        self.shared.state.subscribe()
     }
 
     /// Counts that describe the registry now.
@@ -443,7 +440,7 @@ impl Registry {
 
     /// The handle the registry follows; publish on it to change settings.
     pub fn settings_handle(&self) -> &SettingsHandle {
-        &self.shared.settings
+        self.shared.state.settings_handle()
     }
 
     /// Sets (or, with `None`, removes) an agent's own cap. A waiter held

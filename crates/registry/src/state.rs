@@ -155,11 +155,12 @@ struct SlotCounts {
 }
 
 /// What a spawn reads to know whether it may take the fast path; written
-/// rarely, and only under `core`.
+/// only under `core` (the queued count on each queue change, the rest
+/// rarely).
 #[derive(Debug, Default)]
 struct Gate {
-    /// Tasks waiting for a slot (`Core::n_queued`, readable without the
-    /// lock).
+    /// Tasks waiting for a slot: changed only under `core`, read without
+    /// it (the fast path, a settle, stats).
     queued: AtomicUsize,
     max_concurrent: AtomicUsize,
     enabled: AtomicBool,
@@ -186,7 +187,6 @@ struct SpawnCounts {
 struct Core {
     settings: Arc<SubagentSettings>,
     queues: FxHashMap<Arc<str>, AgentQueue>,
-    n_queued: usize,
     agent_caps: FxHashMap<Arc<str>, usize>,
     /// Queue order: a waiter's place, given under this lock so each
     /// agent's deque stays in order.
@@ -251,7 +251,6 @@ impl State {
             core: Mutex::new(Core {
                 settings: settings.clone(),
                 queues: FxHashMap::default(),
-                n_queued: 0,
                 agent_caps: FxHashMap::default(),
                 next_queue_seq: 0,
                 selector,
@@ -283,11 +282,17 @@ impl State {
         }
     }
 
-    /// Someone subscribes to the events: from now on they are built. Called
-    /// before the subscription is made, so every event sent after it
-    /// returns reaches the new receiver.
-    pub(crate) fn note_listener(&self) {
+    /// A stream of lifecycle events from now on. The listener is noted
+    /// before the subscription is made, so every event sent after this
+    /// returns is built and reaches the new receiver.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<RegistryEvent> {
         self.gate.0.listened.store(true, Ordering::Release);
+        self.events.subscribe()
+    }
+
+    /// The handle the registry follows.
+    pub(crate) fn settings_handle(&self) -> &SettingsHandle {
+        &self.settings_handle
     }
 
     /// The next spawn-order number, for a task about to be prepared.
@@ -396,6 +401,11 @@ impl State {
             && !gate.agent_caps.load(Ordering::Acquire)
             && gate.enabled.load(Ordering::Acquire)
             && self.settings_applied()
+    }
+
+    /// Tasks waiting for a slot now.
+    fn n_queued(&self) -> usize {
+        self.gate.0.queued.load(Ordering::SeqCst)
     }
 
     /// Takes one of the `max_concurrent` slots if one is free.
@@ -567,7 +577,7 @@ impl State {
                     SpawnError::AtCapacity { max_concurrent }
                 });
             }
-            if core.n_queued >= core.settings.max_queue() {
+            if self.n_queued() >= core.settings.max_queue() {
                 return Err(SpawnError::QueueFull {
                     max_queue: core.settings.max_queue(),
                 });
@@ -602,7 +612,6 @@ impl State {
         let queue = core.queues.entry(cell.agent.clone()).or_default();
         queue.waiters.push_back((seq, cell.clone()));
         queue.live += 1;
-        core.n_queued += 1;
         if let Some(lender) = lender {
             lender.life.borrowers().push_back(cell.id);
         }
@@ -612,7 +621,7 @@ impl State {
             task_id: cell.id,
             agent: cell.agent.clone(),
             parent_id: cell.parent,
-            queued: core.n_queued,
+            queued: self.n_queued(),
         });
         let deadline = cell.created + queue_wait;
         NewTask {
@@ -664,7 +673,6 @@ impl State {
     /// Bookkeeping for a task leaving its agent's queue other than from the
     /// front; its deque entry becomes a tombstone.
     fn leave_queue_bookkeeping(&self, core: &mut Core, agent: &Arc<str>) {
-        core.n_queued = core.n_queued.saturating_sub(1);
         self.gate.0.queued.fetch_sub(1, Ordering::SeqCst);
         if let Some(queue) = core.queues.get_mut(agent) {
             queue.live = queue.live.saturating_sub(1);
@@ -679,7 +687,7 @@ impl State {
     /// Hands free slots to the oldest eligible waiters until slots or
     /// eligible waiters run out.
     fn admit_waiters(&self, core: &mut Core) {
-        while core.n_queued > 0 {
+        while self.n_queued() > 0 {
             // The slot first: one freed by a settle that does not take this
             // lock shows in the count.
             if !self.take_slot() {
@@ -723,7 +731,6 @@ impl State {
         if queue.live == 0 {
             core.queues.remove(&agent);
         }
-        core.n_queued = core.n_queued.saturating_sub(1);
         self.gate.0.queued.fetch_sub(1, Ordering::SeqCst);
         Some(cell)
     }
@@ -1231,7 +1238,7 @@ impl State {
         crate::RegistryStats {
             slots_in_use: self.counts.0.slots.load(Ordering::SeqCst),
             running: self.counts.0.running.load(Ordering::SeqCst),
-            queued: self.gate.0.queued.load(Ordering::SeqCst),
+            queued: self.n_queued(),
             max_concurrent,
             retained_finished,
             undelivered,
