@@ -1293,6 +1293,12 @@ impl State {
         self.load.lock().snapshot(agent, window)
     }
 
+    /// The task's cell.
+    #[cfg(test)]
+    pub(crate) fn cell(&self, id: TaskId) -> Option<Arc<TaskCell>> {
+        self.table.get(id)
+    }
+
     /// Whether the task's join handle is still kept (see [`TaskCell::join`]).
     #[cfg(test)]
     pub(crate) fn keeps_join_handle(&self, id: TaskId) -> Option<bool> {

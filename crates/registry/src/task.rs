@@ -2,13 +2,17 @@
 //! the work, settle, run the stop hooks.
 
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::FutureExt as _;
+use futures::future::CatchUnwind;
 use tokio::sync::oneshot;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio::time::error::Elapsed;
+use tokio::time::{Instant, Sleep, Timeout};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::cell::TaskCell;
 use crate::hook::{StartVerdict, panic_message};
@@ -137,105 +141,179 @@ impl SettleGuard {
             armed: true,
         }
     }
+
+    /// The task settled itself: nothing is left for the drop to do.
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
 }
 
 /// A queued task: waits for its slot, its deadline or a cancel, then runs.
-pub(crate) async fn run_queued<F, Fut>(
-    admitted: oneshot::Receiver<()>,
+/// An async block, not an async fn, for the reason `run_admitted` gives.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its state"
+)]
+pub(crate) fn run_queued<F, Fut>(
+    mut admitted: oneshot::Receiver<()>,
     deadline: Instant,
     time_limit: Option<Duration>,
     work: F,
     mut guard: SettleGuard,
-) where
+) -> impl Future<Output = ()> + Send + 'static
+where
     F: FnOnce(TaskContext) -> Fut + Send + 'static,
     Fut: Future<Output = Result<String, TaskFailure>> + Send + 'static,
 {
-    // The guard's registry and cell are the ones the task uses, so the
-    // task holds one reference to each instead of two.
-    let registry = &guard.registry;
-    let cell = &guard.cell;
-    let exit = tokio::select! {
-        biased;
-        handed_over = admitted => match handed_over {
-            Ok(()) => QueueExit::Admitted,
-            // Dropped by a cancel, which already settled the task.
-            Err(_) => registry.leave_queue(cell, LeaveReason::Cancelled),
-        },
-        () = cell.token.cancelled() => registry.leave_queue(cell, LeaveReason::Cancelled),
-        () = tokio::time::sleep_until(deadline) => registry.leave_queue(cell, LeaveReason::Deadline),
-    };
-    if exit == QueueExit::Ended {
-        guard.armed = false;
-        return;
+    async move {
+        // The guard's registry and cell are the ones the task uses, so the
+        // task holds one reference to each instead of two. They are reached
+        // through the guard and the receiver is polled where it is, so
+        // nothing is kept twice (see `run_admitted`).
+        let wait = QueueWait {
+            admitted: &mut admitted,
+            cancelled: guard.cell.token.cancelled(),
+            deadline: tokio::time::sleep_until(deadline),
+        };
+        let exit = match wait.await {
+            QueueWaitEnd::Admitted => QueueExit::Admitted,
+            // The sender is dropped by a cancel, which already settled the
+            // task; `leave_queue` finds it so.
+            QueueWaitEnd::Dropped | QueueWaitEnd::Cancelled => guard
+                .registry
+                .leave_queue(&guard.cell, LeaveReason::Cancelled),
+            QueueWaitEnd::Deadline => guard
+                .registry
+                .leave_queue(&guard.cell, LeaveReason::Deadline),
+        };
+        if exit == QueueExit::Ended {
+            guard.disarm();
+            return;
+        }
+        // The rest lives in its own allocation, made only once a slot is
+        // held, so a queued task costs little more than its waiting state.
+        Box::pin(run_admitted(time_limit, work, guard)).await;
     }
-    // The rest lives in its own allocation, made only once a slot is held,
-    // so a queued task costs little more than its waiting state.
-    Box::pin(run_admitted(time_limit, work, guard)).await;
+}
+
+pin_project_lite::pin_project! {
+    /// A queued task's wait: for its slot, a cancel or its deadline, in
+    /// that order of precedence. Hand-written for the size of every queued
+    /// task, which this is most of: a `select!` adds its own state.
+    struct QueueWait<'a> {
+        admitted: &'a mut oneshot::Receiver<()>,
+        #[pin]
+        cancelled: WaitForCancellationFuture<'a>,
+        #[pin]
+        deadline: Sleep,
+    }
+}
+
+/// How a queued task's wait ended.
+enum QueueWaitEnd {
+    Admitted,
+    /// The admission's sender was dropped.
+    Dropped,
+    Cancelled,
+    Deadline,
+}
+
+impl Future for QueueWait<'_> {
+    type Output = QueueWaitEnd;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<QueueWaitEnd> {
+        let this = self.project();
+        if let Poll::Ready(handed_over) = Pin::new(&mut **this.admitted).poll(cx) {
+            return Poll::Ready(match handed_over {
+                Ok(()) => QueueWaitEnd::Admitted,
+                Err(_) => QueueWaitEnd::Dropped,
+            });
+        }
+        if this.cancelled.poll(cx).is_ready() {
+            return Poll::Ready(QueueWaitEnd::Cancelled);
+        }
+        if this.deadline.poll(cx).is_ready() {
+            return Poll::Ready(QueueWaitEnd::Deadline);
+        }
+        Poll::Pending
+    }
 }
 
 /// A task that holds its slot (or needs none): start hooks, work, settle,
 /// stop hooks.
-pub(crate) async fn run_admitted<F, Fut>(
+///
+/// An async block rather than an async fn: an async fn's state keeps its
+/// arguments twice, as given and as its own locals, for its whole life
+/// (see `the_cell_and_future_stay_small`).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its state"
+)]
+pub(crate) fn run_admitted<F, Fut>(
     time_limit: Option<Duration>,
     work: F,
     mut guard: SettleGuard,
-) where
+) -> impl Future<Output = ()> + Send + 'static
+where
     F: FnOnce(TaskContext) -> Fut + Send + 'static,
     Fut: Future<Output = Result<String, TaskFailure>> + Send + 'static,
 {
-    let registry = &guard.registry;
-    let cell = &guard.cell;
-    if cell.token.is_cancelled() {
-        registry.finish(cell, Outcome::Cancelled, false);
-        guard.armed = false;
-        return;
-    }
-
-    // Root runs are not sub-agents: no hooks.
-    guard.start_began = !cell.root;
-    // Each phase's values live in a block of their own: a local still in
-    // scope at an await takes room in the future, and so in the allocation
-    // every spawn makes for it, even after it has been moved out.
-    let outcome = {
-        // The hook phases are boxed and entered only when there are hooks:
-        // inline, their futures made every task's future more than twice
-        // as large.
-        let start = if guard.start_began && registry.hooks().has_start_hooks() {
-            Box::pin(start_phase(registry, cell)).await
-        } else {
-            StartPhase::Allowed(None)
-        };
-        match start {
-            StartPhase::Denied(failure) => Err(Outcome::Failed(failure)),
-            StartPhase::Cancelled => Err(Outcome::Cancelled),
-            StartPhase::Allowed(additional_context) => Ok(TaskContext {
-                cell: cell.clone(),
-                registry: registry.clone(),
-                additional_context,
-            }),
+    async move {
+        // The registry and the cell are reached through the guard each
+        // time, not kept in locals of their own: every byte held across an
+        // await is a byte of every task's allocation.
+        if guard.cell.token.is_cancelled() {
+            guard
+                .registry
+                .finish(&guard.cell, Outcome::Cancelled, false);
+            guard.disarm();
+            return;
         }
-    };
-    let outcome = match outcome {
-        Err(outcome) => outcome,
-        Ok(context) => {
-            tokio::select! {
-                biased;
-                () = cell.token.cancelled() => Outcome::Cancelled,
-                outcome = execute(work, context, time_limit) => outcome,
+
+        // Root runs are not sub-agents: no hooks.
+        guard.start_began = !guard.cell.root;
+        // The work phase is one future made in a block of its own, and
+        // awaited as the block's value: a local still in scope at an await
+        // takes room in the future even after it has been moved out.
+        let ran = {
+            // The hook phases are boxed and entered only when there are
+            // hooks: inline, their futures made every task's future more
+            // than twice as large.
+            let start = if guard.start_began && guard.registry.hooks().has_start_hooks() {
+                Box::pin(start_phase(&guard.registry, &guard.cell)).await
+            } else {
+                StartPhase::Allowed(None)
+            };
+            match start {
+                StartPhase::Denied(failure) => WorkPhase::ended(Outcome::Failed(failure)),
+                StartPhase::Cancelled => WorkPhase::ended(Outcome::Cancelled),
+                StartPhase::Allowed(additional_context) => {
+                    let context = TaskContext {
+                        cell: guard.cell.clone(),
+                        registry: guard.registry.clone(),
+                        additional_context,
+                    };
+                    WorkPhase::begin(work, context, time_limit, &guard.cell.token)
+                }
             }
         }
-    };
+        .await;
+        let outcome = ran.unwrap_or_else(|_elapsed| timed_out(time_limit.unwrap_or_default()));
 
-    let wants_stop = guard.start_began && registry.hooks().has_stop_hooks();
-    let stop_hooks = registry.finish(cell, outcome, wants_stop).map(|event| {
-        // The event moves into the box, so it takes no room in this
-        // future.
-        let registry = registry.clone();
-        Box::pin(async move { registry.run_stop_hooks(&event).await })
-    });
-    guard.armed = false;
-    if let Some(stop_hooks) = stop_hooks {
-        stop_hooks.await;
+        let wants_stop = guard.start_began && guard.registry.hooks().has_stop_hooks();
+        let stop_hooks = guard
+            .registry
+            .finish(&guard.cell, outcome, wants_stop)
+            .map(|event| {
+                // The event moves into the box, so it takes no room in this
+                // future.
+                let registry = guard.registry.clone();
+                Box::pin(async move { registry.run_stop_hooks(&event).await })
+            });
+        guard.disarm();
+        if let Some(stop_hooks) = stop_hooks {
+            stop_hooks.await;
+        }
     }
 }
 
@@ -269,35 +347,115 @@ async fn start_phase(registry: &Registry, cell: &TaskCell) -> StartPhase {
     }
 }
 
-/// Runs the work with its time limit, turning panics into failures.
-async fn execute<F, Fut>(work: F, context: TaskContext, time_limit: Option<Duration>) -> Outcome
+/// The work's future, with its panics caught.
+type Caught<Fut> = CatchUnwind<AssertUnwindSafe<Fut>>;
+
+pin_project_lite::pin_project! {
+    /// The work phase of a task as one future: the work raced against the
+    /// task's cancellation (checked first) and, when it has one, its time
+    /// limit. Hand-written because a `select!` in an async fn would keep
+    /// the work's future twice. `Err` when the time limit passed.
+    #[project = WorkPhaseProjection]
+    enum WorkPhase<'a, Fut> {
+        /// Ended before the work began: denied, cancelled, or the closure
+        /// panicked. Taken when polled.
+        Ended { outcome: Option<Outcome> },
+        Untimed {
+            #[pin]
+            cancelled: WaitForCancellationFuture<'a>,
+            #[pin]
+            work: Caught<Fut>,
+        },
+        /// Boxed: a timer makes the future larger, and most tasks have none.
+        Timed {
+            #[pin]
+            cancelled: WaitForCancellationFuture<'a>,
+            work: Pin<Box<Timeout<Caught<Fut>>>>,
+        },
+    }
+}
+
+impl<'a, Fut> WorkPhase<'a, Fut>
 where
-    F: FnOnce(TaskContext) -> Fut,
     Fut: Future<Output = Result<String, TaskFailure>>,
 {
-    let guarded = match std::panic::catch_unwind(AssertUnwindSafe(move || work(context))) {
-        Ok(future) => AssertUnwindSafe(future).catch_unwind(),
-        Err(panic) => return Outcome::Failed(panicked(&*panic)),
-    };
-    let result = match time_limit {
-        None => guarded.await,
-        // Boxed: a timer makes the future larger, and most tasks have none.
-        Some(limit) => match Box::pin(tokio::time::timeout(limit, guarded)).await {
-            Ok(result) => result,
-            Err(_elapsed) => {
-                return Outcome::Failed(TaskFailure::new(
-                    FailureKind::Timeout,
-                    format!("ran past its time limit of {}", describe(limit)),
-                ));
+    fn ended(outcome: Outcome) -> Self {
+        Self::Ended {
+            outcome: Some(outcome),
+        }
+    }
+
+    /// Makes the work's future from its closure; a closure that panics
+    /// ends the phase as failed.
+    fn begin<F>(
+        work: F,
+        context: TaskContext,
+        time_limit: Option<Duration>,
+        token: &'a CancellationToken,
+    ) -> Self
+    where
+        F: FnOnce(TaskContext) -> Fut,
+    {
+        let work = match std::panic::catch_unwind(AssertUnwindSafe(move || work(context))) {
+            Ok(future) => AssertUnwindSafe(future).catch_unwind(),
+            Err(panic) => return Self::ended(Outcome::Failed(panicked(&*panic))),
+        };
+        match time_limit {
+            None => Self::Untimed {
+                cancelled: token.cancelled(),
+                work,
+            },
+            Some(limit) => Self::Timed {
+                cancelled: token.cancelled(),
+                work: Box::pin(tokio::time::timeout(limit, work)),
+            },
+        }
+    }
+}
+
+impl<Fut> Future for WorkPhase<'_, Fut>
+where
+    Fut: Future<Output = Result<String, TaskFailure>>,
+{
+    type Output = Result<Outcome, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            // Polled again after it was ready: nothing more will come.
+            WorkPhaseProjection::Ended { outcome } => outcome
+                .take()
+                .map_or(Poll::Pending, |outcome| Poll::Ready(Ok(outcome))),
+            WorkPhaseProjection::Untimed { cancelled, work } => {
+                if cancelled.poll(cx).is_ready() {
+                    return Poll::Ready(Ok(Outcome::Cancelled));
+                }
+                work.poll(cx).map(|ended| Ok(outcome_of(ended)))
             }
-        },
-    };
-    match result {
+            WorkPhaseProjection::Timed { cancelled, work } => {
+                if cancelled.poll(cx).is_ready() {
+                    return Poll::Ready(Ok(Outcome::Cancelled));
+                }
+                work.as_mut().poll(cx).map(|ended| ended.map(outcome_of))
+            }
+        }
+    }
+}
+
+/// How work that ran to its end (or panicked) ended.
+fn outcome_of(ended: std::thread::Result<Result<String, TaskFailure>>) -> Outcome {
+    match ended {
         // Made into the shared form here, not under the registry's locks.
         Ok(Ok(text)) => Outcome::Completed(Arc::from(text)),
         Ok(Err(failure)) => Outcome::Failed(failure),
         Err(panic) => Outcome::Failed(panicked(&*panic)),
     }
+}
+
+fn timed_out(limit: Duration) -> Outcome {
+    Outcome::Failed(TaskFailure::new(
+        FailureKind::Timeout,
+        format!("ran past its time limit of {}", describe(limit)),
+    ))
 }
 
 fn panicked(payload: &(dyn std::any::Any + Send)) -> TaskFailure {
