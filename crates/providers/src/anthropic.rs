@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use deputy_registry::Usage;
 use reqwest::StatusCode;
-use reqwest::header::{HeaderName, HeaderValue};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value, json};
 
 use crate::error::{ErrorKind, ProviderError};
@@ -51,13 +51,7 @@ impl WireFormat for AnthropicWire {
         ProviderKind::Anthropic
     }
 
-    fn request(
-        &self,
-        request: &ChatRequest,
-        model: &str,
-        stream: bool,
-        key: Option<&ApiKey>,
-    ) -> Result<PreparedRequest, String> {
+    fn fixed_headers(&self, key: Option<&ApiKey>) -> Result<HeaderMap, String> {
         let mut headers = key_headers(key, HeaderName::from_static("x-api-key"), "")?;
         let version = HeaderValue::from_str(&self.version).map_err(|_| {
             format!(
@@ -66,7 +60,15 @@ impl WireFormat for AnthropicWire {
             )
         })?;
         headers.insert(HeaderName::from_static("anthropic-version"), version);
+        Ok(headers)
+    }
 
+    fn request(
+        &self,
+        request: &ChatRequest,
+        model: &str,
+        stream: bool,
+    ) -> Result<PreparedRequest, String> {
         let mut body = Map::new();
         body.insert("model".into(), json!(model));
         body.insert(
@@ -106,7 +108,6 @@ impl WireFormat for AnthropicWire {
         }
         Ok(PreparedRequest {
             url: format!("{}/messages", self.base_url.trim_end_matches('/')),
-            headers,
             body: Value::Object(body),
         })
     }

@@ -497,8 +497,8 @@ impl ProviderConfig {
     /// `env` (pass `|name| std::env::var(name).ok()`).
     ///
     /// # Errors
-    /// When the key's variable is unset or empty (naming the variable), or
-    /// the script file cannot be used.
+    /// When the key's variable is unset or empty (naming the variable), the
+    /// key cannot be sent in a header, or the script file cannot be used.
     pub fn build(
         &self,
         env: impl Fn(&str) -> Option<String>,
@@ -568,11 +568,8 @@ impl ProviderConfig {
             ProviderKind::Gemini => Arc::new(GeminiWire { base_url }),
             ProviderKind::Ollama | ProviderKind::Scripted => Arc::new(OllamaWire { base_url }),
         };
-        Ok(Arc::new(HttpProvider::new(
-            transport,
-            wire,
-            self.model.clone(),
-        )))
+        let provider = HttpProvider::new(transport, wire, self.model.clone()).map_err(fail)?;
+        Ok(Arc::new(provider))
     }
 }
 

@@ -6,7 +6,7 @@
 
 use deputy_registry::Usage;
 use reqwest::StatusCode;
-use reqwest::header::HeaderName;
+use reqwest::header::{HeaderMap, HeaderName};
 use serde_json::{Map, Value, json};
 
 use crate::error::{ErrorKind, ProviderError};
@@ -38,14 +38,16 @@ impl WireFormat for GeminiWire {
         ProviderKind::Gemini
     }
 
+    fn fixed_headers(&self, key: Option<&ApiKey>) -> Result<HeaderMap, String> {
+        key_headers(key, HeaderName::from_static("x-goog-api-key"), "")
+    }
+
     fn request(
         &self,
         request: &ChatRequest,
         model: &str,
         stream: bool,
-        key: Option<&ApiKey>,
     ) -> Result<PreparedRequest, String> {
-        let headers = key_headers(key, HeaderName::from_static("x-goog-api-key"), "")?;
         let mut body = Map::new();
         if let Some(system) = request.system_text() {
             body.insert(
@@ -89,7 +91,6 @@ impl WireFormat for GeminiWire {
         };
         Ok(PreparedRequest {
             url,
-            headers,
             body: Value::Object(body),
         })
     }

@@ -56,7 +56,6 @@ impl Default for Timeouts {
 #[derive(Debug)]
 pub(crate) struct PreparedRequest {
     pub(crate) url: String,
-    pub(crate) headers: HeaderMap,
     pub(crate) body: Value,
 }
 
@@ -121,7 +120,9 @@ pub(crate) fn key_headers(
     let mut headers = HeaderMap::new();
     if let Some(key) = key {
         let mut value = HeaderValue::from_str(&format!("{prefix}{}", key.expose()))
-            .map_err(|_| "the API key contains characters a header cannot carry".to_owned())?;
+            .map_err(|_| {
+                "the API key holds characters an HTTP header cannot carry (a line break, or text outside printable ASCII); check the key that was set".to_owned()
+            })?;
         // Sensitive values are never printed, by Debug or otherwise.
         value.set_sensitive(true);
         headers.insert(name, value);
@@ -139,13 +140,17 @@ pub(crate) fn bearer_headers(key: Option<&ApiKey>) -> Result<HeaderMap, String> 
 pub(crate) trait WireFormat: fmt::Debug + Send + Sync + 'static {
     fn kind(&self) -> ProviderKind;
 
-    /// URL, headers (auth included) and body for one call.
+    /// The headers every call carries, the key's included. Built once,
+    /// when the provider is made, so a key or setting a header cannot carry
+    /// is refused then rather than at the first call.
+    fn fixed_headers(&self, key: Option<&ApiKey>) -> Result<HeaderMap, String>;
+
+    /// URL and body for one call.
     fn request(
         &self,
         request: &ChatRequest,
         model: &str,
         stream: bool,
-        key: Option<&ApiKey>,
     ) -> Result<PreparedRequest, String>;
 
     /// Reads a non-streamed answer.
@@ -164,8 +169,13 @@ pub(crate) trait WireFormat: fmt::Debug + Send + Sync + 'static {
 pub(crate) struct Transport {
     pub(crate) name: Arc<str>,
     client: reqwest::Client,
+    /// Sent as a header of `headers`, made once with the provider; kept to
+    /// redact from error bodies that echo it.
     key: Option<ApiKey>,
-    extra_headers: HeaderMap,
+    /// Sent with every call: the configured extra headers, then the wire
+    /// format's own (the key's included), which win over extra ones of the
+    /// same name.
+    headers: HeaderMap,
     retry: RetryPolicy,
     timeouts: Timeouts,
     /// `max_concurrent_requests`: calls queue here instead of storming the
@@ -190,16 +200,16 @@ impl Transport {
             .user_agent(concat!("deputy/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|error| format!("cannot build the HTTP client: {error}"))?;
-        let mut extra_headers = HeaderMap::new();
+        let mut headers = HeaderMap::new();
         for (name, value) in &settings.extra_headers {
             let (name, value) = parse_header(name, value)?;
-            extra_headers.insert(name, value);
+            headers.insert(name, value);
         }
         Ok(Self {
             name: Arc::from(name),
             client,
             key: settings.key,
-            extra_headers,
+            headers,
             retry: settings.retry,
             timeouts: settings.timeouts,
             limiter: settings
@@ -229,8 +239,7 @@ impl Transport {
         let mut builder = self
             .client
             .post(&request.url)
-            .headers(self.extra_headers.clone())
-            .headers(request.headers.clone())
+            .headers(self.headers.clone())
             .json(&request.body);
         let remaining = deadline.saturating_duration_since(Instant::now());
         builder = builder.timeout(remaining);
@@ -590,16 +599,26 @@ impl fmt::Debug for HttpProvider {
 }
 
 impl HttpProvider {
+    /// # Errors
+    /// A sentence saying why the wire format's headers cannot be built (a
+    /// key a header cannot carry, say).
     pub(crate) fn new(
-        transport: Transport,
+        mut transport: Transport,
         wire: Arc<dyn WireFormat>,
         default_model: String,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, String> {
+        let fixed = wire.fixed_headers(transport.key.as_ref())?;
+        for (name, value) in fixed {
+            // `HeaderMap`'s iterator names only the first of repeated values.
+            if let Some(name) = name {
+                transport.headers.insert(name, value);
+            }
+        }
+        Ok(Self {
             transport: Arc::new(transport),
             wire,
             default_model,
-        }
+        })
     }
 
     fn prepare(
@@ -620,7 +639,7 @@ impl HttpProvider {
         }
         let prepared = self
             .wire
-            .request(request, &model, stream, self.transport.key.as_ref())
+            .request(request, &model, stream)
             .map_err(|message| self.transport.error(ErrorKind::BadRequest, message))?;
         Ok((prepared, model))
     }

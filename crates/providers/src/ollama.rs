@@ -7,6 +7,7 @@
 
 use deputy_registry::Usage;
 use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 
 use crate::error::{ErrorKind, ProviderError};
@@ -33,15 +34,17 @@ impl WireFormat for OllamaWire {
         ProviderKind::Ollama
     }
 
+    fn fixed_headers(&self, key: Option<&ApiKey>) -> Result<HeaderMap, String> {
+        // Ollama itself takes no key; a proxy in front of it may.
+        bearer_headers(key)
+    }
+
     fn request(
         &self,
         request: &ChatRequest,
         model: &str,
         stream: bool,
-        key: Option<&ApiKey>,
     ) -> Result<PreparedRequest, String> {
-        // Ollama itself takes no key; a proxy in front of it may.
-        let headers = bearer_headers(key)?;
         let mut body = Map::new();
         body.insert("model".into(), json!(model));
         body.insert(
@@ -65,7 +68,6 @@ impl WireFormat for OllamaWire {
         }
         Ok(PreparedRequest {
             url: format!("{}/api/chat", self.base_url.trim_end_matches('/')),
-            headers,
             body: Value::Object(body),
         })
     }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use deputy_registry::Usage;
 use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -59,14 +60,16 @@ impl WireFormat for OpenAiWire {
         ProviderKind::Openai
     }
 
+    fn fixed_headers(&self, key: Option<&ApiKey>) -> Result<HeaderMap, String> {
+        bearer_headers(key)
+    }
+
     fn request(
         &self,
         request: &ChatRequest,
         model: &str,
         stream: bool,
-        key: Option<&ApiKey>,
     ) -> Result<PreparedRequest, String> {
-        let headers = bearer_headers(key)?;
         let mut body = Map::new();
         body.insert("model".into(), json!(model));
         body.insert(
@@ -88,7 +91,6 @@ impl WireFormat for OpenAiWire {
         }
         Ok(PreparedRequest {
             url: format!("{}/chat/completions", self.base_url.trim_end_matches('/')),
-            headers,
             body: Value::Object(body),
         })
     }

@@ -62,6 +62,24 @@ fn a_missing_key_is_named_at_build_time() {
 }
 
 #[test]
+fn a_key_no_header_can_carry_is_refused_at_build_time_without_showing_it() {
+    for kind in ["openai", "anthropic", "gemini", "ollama"] {
+        let config = parse(&format!("kind = \"{kind}\"\napi_key_env = \"KEY\"")).unwrap();
+        let error = config
+            .build(|_| Some("sk-secret\r\nX-Injected: 1".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("[providers.main]")
+                && error.contains("the API key holds characters an HTTP header cannot carry"),
+            "{kind}: {error}"
+        );
+        assert!(!error.contains("sk-secret"), "{kind}: {error}");
+        config.build(|_| Some("sk-secret".into())).unwrap();
+    }
+}
+
+#[test]
 fn an_inline_key_never_shows_in_debug_output() {
     let config = parse(
         "kind = \"gemini\"\napi_key = \"AIza-very-secret-key\"\nheaders = { x-gateway-token = \"gw-secret-token\" }",
