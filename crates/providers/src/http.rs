@@ -121,7 +121,7 @@ pub(crate) fn key_headers(
     if let Some(key) = key {
         let mut value = HeaderValue::from_str(&format!("{prefix}{}", key.expose()))
             .map_err(|_| {
-                "the API key holds characters an HTTP header cannot carry (a line break, or text outside printable ASCII); check the key that was set".to_owned()
+                "the API key (from api_key, or the variable api_key_env names) holds characters an HTTP header cannot carry, such as a line break or text outside printable ASCII; set it to the key alone".to_owned()
             })?;
         // Sensitive values are never printed, by Debug or otherwise.
         value.set_sensitive(true);
@@ -608,12 +608,8 @@ impl HttpProvider {
         default_model: String,
     ) -> Result<Self, String> {
         let fixed = wire.fixed_headers(transport.key.as_ref())?;
-        for (name, value) in fixed {
-            // `HeaderMap`'s iterator names only the first of repeated values.
-            if let Some(name) = name {
-                transport.headers.insert(name, value);
-            }
-        }
+        // Replaces extra headers of the same names.
+        transport.headers.extend(fixed);
         Ok(Self {
             transport: Arc::new(transport),
             wire,

@@ -177,9 +177,7 @@ where
         };
         let exit = match wait.await {
             QueueWaitEnd::Admitted => QueueExit::Admitted,
-            // The sender is dropped by a cancel, which already settled the
-            // task; `leave_queue` finds it so.
-            QueueWaitEnd::Dropped | QueueWaitEnd::Cancelled => guard
+            QueueWaitEnd::Cancelled => guard
                 .registry
                 .leave_queue(&guard.cell, LeaveReason::Cancelled),
             QueueWaitEnd::Deadline => guard
@@ -212,8 +210,9 @@ pin_project_lite::pin_project! {
 /// How a queued task's wait ended.
 enum QueueWaitEnd {
     Admitted,
-    /// The admission's sender was dropped.
-    Dropped,
+    /// Cancelled, or the admission's sender was dropped, which only a
+    /// cancel does; in both cases `leave_queue` finds the task settled or
+    /// settles it.
     Cancelled,
     Deadline,
 }
@@ -226,7 +225,7 @@ impl Future for QueueWait<'_> {
         if let Poll::Ready(handed_over) = Pin::new(&mut **this.admitted).poll(cx) {
             return Poll::Ready(match handed_over {
                 Ok(()) => QueueWaitEnd::Admitted,
-                Err(_) => QueueWaitEnd::Dropped,
+                Err(_) => QueueWaitEnd::Cancelled,
             });
         }
         if this.cancelled.poll(cx).is_ready() {
@@ -298,6 +297,9 @@ where
             }
         }
         .await;
+        // Only a task with a time limit can run out of time; the limit is
+        // read here rather than kept in the work phase, where it would take
+        // room in every task's future.
         let outcome = ran.unwrap_or_else(|_elapsed| timed_out(time_limit.unwrap_or_default()));
 
         let wants_stop = guard.start_began && guard.registry.hooks().has_stop_hooks();

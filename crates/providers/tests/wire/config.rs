@@ -71,7 +71,8 @@ fn a_key_no_header_can_carry_is_refused_at_build_time_without_showing_it() {
             .to_string();
         assert!(
             error.contains("[providers.main]")
-                && error.contains("the API key holds characters an HTTP header cannot carry"),
+                && error.contains("holds characters an HTTP header cannot carry")
+                && error.contains("set it to the key alone"),
             "{kind}: {error}"
         );
         assert!(!error.contains("sk-secret"), "{kind}: {error}");
