@@ -120,7 +120,9 @@ pub(crate) struct Life {
     lending: Option<Box<Lending>>,
     /// Wakes the task's future when it is admitted from the queue.
     pub(crate) admit: Option<oneshot::Sender<()>>,
-    pub(crate) delivered_at: Option<Instant>,
+    /// Whether its result has been handed over (when is kept by the
+    /// retention queue, which evicts by it).
+    pub(crate) delivered: bool,
 }
 
 impl Default for Life {
@@ -134,7 +136,7 @@ impl Default for Life {
             slot: Slot::None,
             lending: None,
             admit: None,
-            delivered_at: None,
+            delivered: false,
         }
     }
 }
@@ -316,14 +318,14 @@ pub(crate) fn snapshot_of(cell: &TaskCell, life: &Life, now: Instant) -> TaskSna
         run_time: life
             .started
             .map(|started| life.ended.unwrap_or_else(age).saturating_sub(started)),
-        delivered: life.delivered_at.is_some(),
+        delivered: life.delivered,
     }
 }
 
 /// Whether the task has finished and its result has not been handed over.
 pub(crate) fn is_undelivered(cell: &TaskCell) -> bool {
     let life = cell.life.lock();
-    life.ended.is_some() && life.delivered_at.is_none()
+    life.ended.is_some() && !life.delivered
 }
 
 /// Whether the task is still waiting in the queue.

@@ -1145,10 +1145,8 @@ impl State {
             return Ok(Collected::Pending(cell));
         }
         let now = Instant::now();
-        let newly_delivered = life.delivered_at.is_none();
-        if newly_delivered {
-            life.delivered_at = Some(now);
-        }
+        let newly_delivered = !life.delivered;
+        life.delivered = true;
         let task = snapshot_of(&cell, &life, now);
         drop(life);
         let join = cell.join.lock().take();
@@ -1346,10 +1344,10 @@ fn check_parent(parent: TaskId, life: &Life) -> Result<(), SpawnError> {
 fn deliver(records: &mut Records, cell: &TaskCell, now: Instant) -> Option<Option<JoinHandle<()>>> {
     {
         let mut life = cell.life.lock();
-        if life.ended.is_none() || life.delivered_at.is_some() {
+        if life.ended.is_none() || life.delivered {
             return None;
         }
-        life.delivered_at = Some(now);
+        life.delivered = true;
     }
     let join = cell.join.lock().take();
     records.note_delivered(cell.id, cell.parent, now);
