@@ -2,11 +2,12 @@
 //!
 //! Each line is one run. Runs detach their unfinished background tasks, so
 //! sub-agents keep working between prompts: a notice is printed when one
-//! finishes, and its result goes into the next prompt's context (or is read
-//! with `/wait ID`). The last exchanges go along with each prompt, so the
-//! orchestrator can follow the conversation. Lines are edited with
-//! rustyline, with history in `~/.deputy_history` when there is a home
-//! directory; piped input works too, a line at a time.
+//! finishes, and its result goes into the next prompt, cut to
+//! `agent.max_result_chars`, even when the user read it first with
+//! `/wait ID` (which shows it whole). The last exchanges go along with
+//! each prompt, so the orchestrator can follow the conversation. Lines are
+//! edited with rustyline, with history in `~/.deputy_history` when there
+//! is a home directory; piped input works too, a line at a time.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -41,6 +42,7 @@ pub(crate) async fn chat(mut config: Config) -> Result<(), CliError> {
     // Sub-agents outlive the prompt that started them.
     config.on_finish = OnFinish::Detach;
     let orchestrator = config.orchestrator.clone();
+    let max_result_chars = config.max_result_chars;
     let stack = wiring::build(&config).map_err(CliError::usage)?;
     let reloader = Reloader::start(config, Live::of(&stack));
     let lines = spawn_reader();
@@ -57,6 +59,8 @@ pub(crate) async fn chat(mut config: Config) -> Result<(), CliError> {
         current_run,
         history: VecDeque::new(),
         runs: Vec::new(),
+        read_by_user: Vec::new(),
+        max_result_chars,
     };
     say(&format!(
         "deputy chat with {}; {HELP}",
@@ -87,6 +91,14 @@ struct Session {
     history: VecDeque<(String, String)>,
     /// Earlier runs whose detached tasks may still finish.
     runs: Vec<TaskId>,
+    /// Results of those tasks that `/wait` handed to the user first; the
+    /// orchestrator that started them still hears of them in the next
+    /// prompt.
+    read_by_user: Vec<TaskSnapshot>,
+    /// Characters of one background result put in a prompt (the
+    /// `agent.max_result_chars` setting); the user reads the rest with
+    /// `/wait`.
+    max_result_chars: usize,
 }
 
 impl Session {
@@ -127,15 +139,7 @@ impl Session {
         if !results.is_empty() {
             prompt.push_str("Background tasks from earlier turns finished since:\n");
             for task in &results {
-                let outcome = task.output.as_deref().map_or_else(
-                    || {
-                        task.failure
-                            .as_ref()
-                            .map_or_else(|| task.status.to_string(), ToString::to_string)
-                    },
-                    ToOwned::to_owned,
-                );
-                let _ = writeln!(prompt, "- task {} ({}): {outcome}", task.id, task.agent);
+                prompt.push_str(&background_result(task, self.max_result_chars));
             }
             prompt.push('\n');
         }
@@ -183,17 +187,19 @@ impl Session {
         }
     }
 
-    /// Results of earlier runs' detached tasks, each handed over once.
+    /// Results of earlier runs' detached tasks, each handed over once
+    /// (those the user read with `/wait` first among them).
     /// Runs whose tasks have all been handed over are forgotten, so a long
     /// session does not look through every run it ever made. A task that
     /// ends after the take above is not yet handed over, so its run stays.
     fn finished_background(&mut self) -> Vec<TaskSnapshot> {
         let registry = self.stack.runtime.registry().clone();
-        let finished: Vec<TaskSnapshot> = self
-            .runs
-            .iter()
-            .flat_map(|run| registry.take_finished(Some(*run)))
-            .collect();
+        let mut finished = std::mem::take(&mut self.read_by_user);
+        finished.extend(
+            self.runs
+                .iter()
+                .flat_map(|run| registry.take_finished(Some(*run))),
+        );
         self.runs.retain(|run| {
             registry
                 .list(&TaskFilter::all().parent(*run))
@@ -276,7 +282,7 @@ impl Session {
         }
     }
 
-    async fn wait(&self, given: &str) {
+    async fn wait(&mut self, given: &str) {
         let Some(id) = self.find(given) else {
             return;
         };
@@ -294,6 +300,15 @@ impl Session {
         match waited {
             Ok(done) => {
                 let task = done.task;
+                // The wait took the result from the orchestrator's
+                // tasks: hand it on with the next prompt.
+                if done.newly_delivered
+                    && task
+                        .parent_id
+                        .is_some_and(|parent| self.runs.contains(&parent))
+                {
+                    self.read_by_user.push(task.clone());
+                }
                 match (&task.output, &task.failure) {
                     (Some(output), _) => {
                         say(&format!("{} {}: {output}", task.id.short(), task.status))
@@ -322,6 +337,29 @@ impl Session {
             Err(error) => say(&format!("error: {error}")),
         }
     }
+}
+
+/// One background result as a prompt line, the result cut to `max_chars`
+/// characters with a note on where the rest is: the new run cannot read an
+/// earlier run's tasks, so the model is told the user can.
+fn background_result(task: &TaskSnapshot, max_chars: usize) -> String {
+    let outcome = match (&task.output, &task.failure) {
+        (Some(output), _) => match output.char_indices().nth(max_chars) {
+            None => output.to_string(),
+            Some((end, _)) => format!(
+                "{}\n  [result cut: the first {max_chars} of {} characters; the user can read it whole with /wait {}]",
+                &output[..end],
+                output.chars().count(),
+                task.id.short()
+            ),
+        },
+        (None, Some(failure)) => failure.to_string(),
+        (None, None) => "there is no result".to_owned(),
+    };
+    format!(
+        "- task {} ({}, {}): {}\n",
+        task.id, task.agent, task.status, outcome
+    )
 }
 
 /// A line on stderr (notices and command output, apart from answers).

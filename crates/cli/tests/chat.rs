@@ -32,6 +32,10 @@ when = "^Research"
 text = "Started a researcher in the background."
 
 [[providers.lead.turns]]
+when = '(?s)finished since:\n- task \S+ \(researcher, completed\): \[offline.*User: What came back'
+text = "Here is the researcher's result."
+
+[[providers.lead.turns]]
 when = "What came back"
 text = "Here is what came back."
 
@@ -71,8 +75,11 @@ fn collect(pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
 impl Chat {
     /// A session whose researcher takes `latency_ms` per reply.
     fn start(latency_ms: u64) -> Self {
+        Self::with_config(&CONFIG_TEMPLATE.replace("LATENCY", &latency_ms.to_string()))
+    }
+
+    fn with_config(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = CONFIG_TEMPLATE.replace("LATENCY", &latency_ms.to_string());
         std::fs::write(dir.path().join("deputy.toml"), config).unwrap();
         let mut child = KillOnDrop(
             Command::new(env!("CARGO_BIN_EXE_deputy"))
@@ -193,9 +200,64 @@ fn a_finished_background_task_is_announced_and_read_with_wait() {
     chat.send(&format!("/wait {short}"));
     chat.expect(&format!("{short} completed: [offline: scripted provider"));
 
-    // The next prompt goes on; the orchestrator answers from its script.
+    // The user read it first, and the orchestrator that started it still
+    // gets it, with the next prompt.
     chat.send("What came back?");
-    chat.expect("Here is what came back.");
+    chat.expect("Here is the researcher's result.");
+    chat.quit();
+}
+
+#[test]
+fn a_long_background_result_reaches_the_next_prompt_cut_with_a_note() {
+    // The researcher answers 300 characters; prompts carry 100 of each
+    // background result. The orchestrator's script answers apart when its
+    // prompt holds exactly the cut result and the note.
+    let config = format!(
+        r#"
+[agent]
+max_result_chars = 100
+
+[providers.lead]
+kind = "scripted"
+
+[[providers.lead.turns]]
+when = "^Research"
+tool_calls = [{{ name = "spawn_agent", arguments = {{ agent = "researcher", task = "dig into it", background = true }} }}]
+
+[[providers.lead.turns]]
+when = "^Research"
+text = "Started a researcher in the background."
+
+[[providers.lead.turns]]
+when = '\(researcher, completed\): a{{100}}\n  \[result cut: the first 100 of 300 characters; the user can read it whole with /wait [0-9a-f]{{8}}\]\n\nUser: What came back'
+text = "The result came cut, with a note."
+
+[[providers.lead.turns]]
+when = "What came back"
+text = "Here is what came back."
+
+[providers.wordy]
+kind = "scripted"
+latency_ms = 2000
+
+[[providers.wordy.turns]]
+text = "{answer}"
+
+[agents.orchestrator]
+provider = "lead"
+subagents = ["researcher"]
+
+[agents.researcher]
+provider = "wordy"
+"#,
+        answer = "a".repeat(300)
+    );
+    let mut chat = Chat::with_config(&config);
+    chat.send("Research the Go memory model");
+    chat.expect("Started a researcher in the background.");
+    chat.expect("researcher completed; /wait ");
+    chat.send("What came back?");
+    chat.expect("The result came cut, with a note.");
     chat.quit();
 }
 
