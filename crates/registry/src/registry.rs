@@ -300,6 +300,11 @@ impl Registry {
         let prepared = Prepared::new(spec, root, self.shared.state.next_seq());
         let id = prepared.id();
         let new = self.shared.state.spawn(prepared)?;
+        if self.shared.state.cancelling_all() {
+            // It got past the shutdown check before shutdown began, and
+            // shutdown's sweep may have missed it.
+            let _ = self.cancel(id);
+        }
         let cell = new.cell.clone();
         let guard = SettleGuard::new(self.clone(), new.cell);
         let (status, join) = match new.admission {
@@ -487,7 +492,7 @@ impl Registry {
                 cancelled: 0,
             };
         }
-        let active = self.shared.state.active_ids();
+        let active = self.shared.state.begin_cancelling_all();
         let cancelled = active
             .into_iter()
             .filter(|id| matches!(self.cancel(*id), Ok(CancelOutcome::Cancelled { .. })))
@@ -683,5 +688,25 @@ mod tests {
         registry.wait(parent, None).await.unwrap();
         assert!(registry.get(child).unwrap().delivered);
         assert_eq!(keeps(child), Some(false), "let go when delivered to nobody");
+    }
+
+    /// A spawn can pass the shutdown check just before shutdown begins and
+    /// reach the task table only after shutdown's sweep has read it (its
+    /// thread held up for the whole drain time). Such a task is cancelled
+    /// by its own spawn. The race is set up by starting the sweep without
+    /// the check that would refuse the spawn.
+    #[tokio::test(start_paused = true)]
+    async fn a_spawn_that_lands_after_the_shutdown_sweep_is_cancelled() {
+        let registry = Registry::builder().build();
+        assert!(registry.shared.state.begin_cancelling_all().is_empty());
+        let id = registry
+            .spawn(TaskSpec::new("probe", "late"), |_| std::future::pending())
+            .unwrap()
+            .id;
+        let waited = tokio::time::timeout(Duration::from_secs(60), registry.wait(id, None))
+            .await
+            .expect("a task spawned after the sweep was left running");
+        assert_eq!(waited.unwrap().task.status, TaskStatus::Cancelled);
+        assert_eq!(registry.stats().running, 0);
     }
 }

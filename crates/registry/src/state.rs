@@ -167,6 +167,10 @@ struct Gate {
     /// Whether any agent has its own cap.
     agent_caps: AtomicBool,
     shutting_down: AtomicBool,
+    /// Set when shutdown stops waiting and cancels every task: a spawn that
+    /// got past the shutdown check before it began, and reaches the table
+    /// only after the sweep read it, is cancelled by its own spawn.
+    cancelling_all: AtomicBool,
     /// The settings handle's generation last applied.
     applied_generation: AtomicU64,
     /// Whether anyone has subscribed to the events; until then none is
@@ -352,6 +356,24 @@ impl State {
 
     pub(crate) fn begin_shutdown(&self) {
         self.gate.0.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Every task still queued or running, to cancel; from now on every
+    /// task that reaches the table is cancelled by its spawn (see
+    /// [`cancelling_all`](Self::cancelling_all)).
+    ///
+    /// The flag is set before the table is read, and a spawn reads it after
+    /// it put the task in the table, both in sequentially consistent order
+    /// around a shard's lock: the sweep sees the task, or the spawn sees the
+    /// flag.
+    pub(crate) fn begin_cancelling_all(&self) -> Vec<TaskId> {
+        self.gate.0.cancelling_all.store(true, Ordering::SeqCst);
+        self.active_ids()
+    }
+
+    /// Whether shutdown is cancelling every task.
+    pub(crate) fn cancelling_all(&self) -> bool {
+        self.gate.0.cancelling_all.load(Ordering::SeqCst)
     }
 
     /// Whether `agent` is below its own cap. Its running count is the load
@@ -1305,8 +1327,8 @@ impl State {
         Some(kept)
     }
 
-    /// Every task id still queued or running, for shutdown.
-    pub(crate) fn active_ids(&self) -> Vec<TaskId> {
+    /// Every task id still queued or running.
+    fn active_ids(&self) -> Vec<TaskId> {
         self.table
             .cells()
             .into_iter()
