@@ -149,11 +149,25 @@ pub(crate) async fn show_events(run: &mut RunHandle, print_text: bool) {
     let run_id = run.run_id();
     let mut out = std::io::stdout();
     let mut progress = Progress::new();
+    // Spinners redraw the bottom lines of the terminal; text written there
+    // mid-line would be wiped at the next tick. While spinners show on the
+    // terminal the text goes to, it is printed above them a whole line at a
+    // time.
+    let shares_terminal = progress.draws() && out.is_terminal();
+    let mut held = HeldLine::default();
     let mut at_line_start = true;
     while let Some(event) = run.next().await {
         let line = match event {
             RunEvent::TextDelta { task_id, text, .. } if task_id == run_id => {
-                if print_text {
+                if !print_text {
+                    continue;
+                }
+                if shares_terminal && progress.active() {
+                    for line in held.push(&text) {
+                        progress.text_line(&line);
+                    }
+                } else {
+                    let text = held.take().unwrap_or_default() + &text;
                     let _ = write!(out, "{text}");
                     let _ = out.flush();
                     at_line_start = text.ends_with('\n');
@@ -179,10 +193,12 @@ pub(crate) async fn show_events(run: &mut RunHandle, print_text: bool) {
                 format!("  <- {name} ({mark}): {}", one_line(&content, 160))
             }
             RunEvent::TaskQueued { task_id, agent, .. } => {
+                end_line(&mut out, &mut at_line_start);
                 progress.queued(task_id, &agent);
                 continue;
             }
             RunEvent::TaskStarted { task_id, agent, .. } => {
+                end_line(&mut out, &mut at_line_start);
                 progress.started(task_id, &agent);
                 continue;
             }
@@ -192,20 +208,61 @@ pub(crate) async fn show_events(run: &mut RunHandle, print_text: bool) {
                 status,
                 ..
             } => {
+                // Text that came before the news goes above it.
+                if let Some(partial) = held.take() {
+                    progress.text_line(&partial);
+                }
                 progress.finished(task_id, &agent, status);
                 continue;
             }
             RunEvent::Error { message, .. } => format!("  error: {message}"),
             _ => continue,
         };
-        if !at_line_start {
-            let _ = writeln!(out);
-            at_line_start = true;
+        end_line(&mut out, &mut at_line_start);
+        if let Some(partial) = held.take() {
+            progress.text_line(&partial);
         }
         progress.line(&line);
     }
-    if !at_line_start {
+    // Tasks the run left behind (detached) stop showing live here.
+    progress.clear();
+    if let Some(partial) = held.take() {
+        let _ = writeln!(out, "{partial}");
+    } else {
+        end_line(&mut out, &mut at_line_start);
+    }
+}
+
+/// Ends the line the streamed text left open, before anything else is
+/// printed below it.
+fn end_line(out: &mut std::io::Stdout, at_line_start: &mut bool) {
+    if !*at_line_start {
         let _ = writeln!(out);
+        *at_line_start = true;
+    }
+}
+
+/// Streamed text held back until its line is whole.
+#[derive(Debug, Default)]
+struct HeldLine {
+    partial: String,
+}
+
+impl HeldLine {
+    /// Adds `text`; returns the lines it completes, without their breaks.
+    fn push(&mut self, text: &str) -> Vec<String> {
+        self.partial.push_str(text);
+        let Some(last_break) = self.partial.rfind('\n') else {
+            return Vec::new();
+        };
+        let rest = self.partial.split_off(last_break + 1);
+        let whole = std::mem::replace(&mut self.partial, rest);
+        whole.lines().map(str::to_owned).collect()
+    }
+
+    /// The start of a line not yet whole, if any.
+    fn take(&mut self) -> Option<String> {
+        (!self.partial.is_empty()).then(|| std::mem::take(&mut self.partial))
     }
 }
 
@@ -227,6 +284,36 @@ impl Progress {
             }
         } else {
             Self::Lines
+        }
+    }
+
+    /// Whether it draws spinners (stderr is a terminal).
+    fn draws(&self) -> bool {
+        matches!(self, Self::Bars { .. })
+    }
+
+    /// Whether a spinner shows now.
+    fn active(&self) -> bool {
+        matches!(self, Self::Bars { tasks, .. } if !tasks.is_empty())
+    }
+
+    /// Takes every spinner off the screen.
+    fn clear(&mut self) {
+        if let Self::Bars { tasks, .. } = self {
+            for (_, bar) in tasks.drain() {
+                bar.finish_and_clear();
+            }
+        }
+    }
+
+    /// A whole line of the answer, on stdout, above the spinners.
+    fn text_line(&self, line: &str) {
+        let print = || {
+            let _ = writeln!(std::io::stdout(), "{line}");
+        };
+        match self {
+            Self::Lines => print(),
+            Self::Bars { bars, .. } => bars.suspend(print),
         }
     }
 
@@ -378,4 +465,21 @@ pub(crate) fn one_line(text: &str, max: usize) -> String {
     }
     let cut: String = flat.chars().take(max).collect();
     format!("{cut}...")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeldLine;
+
+    #[test]
+    fn held_text_comes_out_a_whole_line_at_a_time() {
+        let mut held = HeldLine::default();
+        assert!(held.push("Go has").is_empty());
+        assert_eq!(held.push(" goroutines.\nRust has"), ["Go has goroutines."]);
+        assert_eq!(held.push(" threads.\n\nBoth"), ["Rust has threads.", ""]);
+        assert_eq!(held.take().as_deref(), Some("Both"));
+        assert_eq!(held.take(), None, "taken once");
+        assert_eq!(held.push("end\n"), ["end"]);
+        assert_eq!(held.take(), None, "nothing left after a whole line");
+    }
 }
