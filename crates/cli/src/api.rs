@@ -24,7 +24,7 @@ use futures::{Stream, StreamExt as _};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Semaphore, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::reload::ReloadStatus;
@@ -50,6 +50,9 @@ struct Inner {
     reload: Option<watch::Receiver<ReloadStatus>>,
     token: Option<String>,
     runs: Mutex<Runs>,
+    /// One permit per run going on; a run holds its permit until its
+    /// ending is recorded.
+    run_slots: Arc<Semaphore>,
     /// Cancelled when the server begins to stop: event streams end and
     /// waits return, so open connections do not hold the shutdown.
     stopping: CancellationToken,
@@ -69,15 +72,6 @@ struct RunEntry {
     result: watch::Receiver<Option<Ended>>,
 }
 
-impl Runs {
-    fn running(&self) -> usize {
-        self.by_id
-            .values()
-            .filter(|run| run.result.borrow().is_none())
-            .count()
-    }
-}
-
 impl AppState {
     pub(crate) fn new(
         runtime: Runtime,
@@ -95,6 +89,7 @@ impl AppState {
                 reload,
                 token,
                 runs: Mutex::new(Runs::default()),
+                run_slots: Arc::new(Semaphore::new(MAX_RUNNING_RUNS)),
                 stopping,
             }),
         }
@@ -446,19 +441,18 @@ async fn create_run(
     let agent = body
         .agent
         .unwrap_or_else(|| state.inner.orchestrator.clone());
-    // One guard over the count, the start and the insert, so concurrent
-    // requests cannot all pass the cap; `start` only spawns, it never waits.
-    let mut runs = state.inner.runs.lock();
-    let running = runs.running();
-    if running >= MAX_RUNNING_RUNS {
+    let Ok(slot) = state.inner.run_slots.clone().try_acquire_owned() else {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "capacity",
             format!(
-                "{running} runs are going on, the most this server takes at once; wait for one to finish"
+                "{MAX_RUNNING_RUNS} runs are going on, the most this server takes at once; wait for one to finish"
             ),
         ));
-    }
+    };
+    // One guard over the start and the insert, so a run is known here
+    // before anyone can learn its id; `start` only spawns, it never waits.
+    let mut runs = state.inner.runs.lock();
     let handle = state
         .inner
         .runtime
@@ -467,8 +461,10 @@ async fn create_run(
     let run_id = handle.run_id();
     let (sender, result) = watch::channel(None);
     tokio::spawn(async move {
-        // Every ending is sent, so no run stays "running" for ever.
+        // Every ending is sent, so no run stays "running" for ever; its
+        // slot is given back once it is.
         let _ = sender.send(Some(Ended::from(handle.finish().await)));
+        drop(slot);
     });
     runs.by_id.insert(
         run_id,

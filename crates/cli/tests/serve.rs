@@ -375,6 +375,77 @@ async fn a_full_registry_answers_429_and_bad_bodies_400_or_413() {
     );
 }
 
+/// Runs going on at once are capped (64); one more is refused with 429
+/// until a run ends, which gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_past_the_cap_are_refused_until_one_ends() {
+    let server = Server::start(
+        r#"
+[providers.slow]
+kind = "scripted"
+latency_ms = 3000
+
+[[providers.slow.turns]]
+text = "Done."
+
+[agents.orchestrator]
+provider = "slow"
+"#,
+        &[],
+    );
+    let client = reqwest::Client::new();
+    let mut first = None;
+    for n in 0..64 {
+        let (status, created) = post(
+            &client,
+            &server.url("/v1/runs"),
+            json!({"prompt": format!("run {n}")}),
+        )
+        .await;
+        assert_eq!(status, 202, "run {n}: {created}");
+        first.get_or_insert(created["run_id"].as_str().unwrap().to_owned());
+    }
+    let (status, refused) = post(
+        &client,
+        &server.url("/v1/runs"),
+        json!({"prompt": "one more"}),
+    )
+    .await;
+    assert_eq!(status, 429, "{refused}");
+    assert_eq!(refused["error"]["code"], "capacity");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("64 runs are going on"),
+        "{refused}"
+    );
+
+    let first = first.unwrap();
+    let (status, run) = get(
+        &client,
+        &server.url(&format!("/v1/runs/{first}?wait=true&timeout_ms=20000")),
+    )
+    .await;
+    assert_eq!(
+        (status, &run["status"]),
+        (200, &json!("completed")),
+        "{run}"
+    );
+    // The ending is recorded before the place is given back: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, created) =
+            post(&client, &server.url("/v1/runs"), json!({"prompt": "now"})).await;
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 429, "{created}");
+        assert!(std::time::Instant::now() < deadline, "no place came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_guards_every_route_but_healthz() {
     let server = Server::start(
