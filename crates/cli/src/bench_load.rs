@@ -172,12 +172,18 @@ impl Bench {
 
 /// The process's resident memory now, in bytes.
 pub(crate) fn rss_bytes() -> u64 {
+    status_bytes("VmRSS:")
+}
+
+/// A size from `/proc/self/status` (given there in kB), in bytes; 0 when
+/// it cannot be read.
+fn status_bytes(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .find_map(|line| line.strip_prefix(field))
                 .and_then(|value| {
                     value
                         .trim()
@@ -190,30 +196,23 @@ pub(crate) fn rss_bytes() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-/// Samples resident memory every few milliseconds and keeps the peak.
-struct RssPeak {
-    peak: Arc<std::sync::atomic::AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
+/// Peak resident memory over a stretch of a run, from the kernel's own
+/// high-water mark (`VmHWM`), so no peak between samples is missed and no
+/// sampler runs beside the load.
+struct RssPeak;
 
 impl RssPeak {
+    /// Starts the stretch: the high-water mark is reset to the resident
+    /// memory now, by writing 5 to `/proc/self/clear_refs` (Linux 4.0 and
+    /// later; proc(5)). Where that fails, the mark counts from the start of
+    /// the process, which each load side has to itself.
     fn start() -> Self {
-        let peak = Arc::new(std::sync::atomic::AtomicU64::new(rss_bytes()));
-        let sampled = peak.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                sampled.fetch_max(rss_bytes(), std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
-        Self { peak, task }
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        Self
     }
 
     fn stop(self) -> u64 {
-        self.task.abort();
-        self.peak
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .max(rss_bytes())
+        status_bytes("VmHWM:").max(rss_bytes())
     }
 }
 
