@@ -498,7 +498,8 @@ impl ProviderConfig {
     ///
     /// # Errors
     /// When the key's variable is unset or empty (naming the variable), the
-    /// key cannot be sent in a header, or the script file cannot be used.
+    /// key cannot be sent in a header (naming the setting it came from), or
+    /// the script file cannot be used.
     pub fn build(
         &self,
         env: impl Fn(&str) -> Option<String>,
@@ -542,6 +543,20 @@ impl ProviderConfig {
                 provider = provider.with_script(Script::from_file(path).map_err(fail)?);
             }
             return Ok(Arc::new(provider));
+        }
+        // Checked here, where it is known which setting the key came from,
+        // so the error names that setting.
+        if let Some(key) = &key
+            && reqwest::header::HeaderValue::from_str(key.expose()).is_err()
+        {
+            let setting = match &self.key {
+                KeySource::Env(variable) => format!("environment variable {variable}"),
+                KeySource::Inline(_) | KeySource::None => "api_key".to_owned(),
+            };
+            return Err(fail(format!(
+                "{setting} holds characters an HTTP header cannot carry, such as a line break or another control character; set it to the {} API key alone",
+                self.kind
+            )));
         }
         let transport = Transport::new(
             &self.name,

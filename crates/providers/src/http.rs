@@ -121,7 +121,7 @@ pub(crate) fn key_headers(
     if let Some(key) = key {
         let mut value = HeaderValue::from_str(&format!("{prefix}{}", key.expose()))
             .map_err(|_| {
-                "the API key (from api_key, or the variable api_key_env names) holds characters an HTTP header cannot carry, such as a line break or text outside printable ASCII; set it to the key alone".to_owned()
+                "the API key (from api_key, or the variable api_key_env names) holds characters an HTTP header cannot carry, such as a line break or another control character; set it to the key alone".to_owned()
             })?;
         // Sensitive values are never printed, by Debug or otherwise.
         value.set_sensitive(true);

@@ -71,13 +71,22 @@ fn a_key_no_header_can_carry_is_refused_at_build_time_without_showing_it() {
             .to_string();
         assert!(
             error.contains("[providers.main]")
-                && error.contains("holds characters an HTTP header cannot carry")
-                && error.contains("set it to the key alone"),
+                && error.contains(
+                    "environment variable KEY holds characters an HTTP header cannot carry"
+                )
+                && error.contains(&format!("set it to the {kind} API key alone")),
             "{kind}: {error}"
         );
         assert!(!error.contains("sk-secret"), "{kind}: {error}");
         config.build(|_| Some("sk-secret".into())).unwrap();
     }
+    let config = parse("kind = \"openai\"\napi_key = \"sk-secret\\u0007\"").unwrap();
+    let error = config.build(|_| None).unwrap_err().to_string();
+    assert!(
+        error.contains("api_key holds characters an HTTP header cannot carry"),
+        "{error}"
+    );
+    assert!(!error.contains("sk-secret"), "{error}");
 }
 
 #[test]
