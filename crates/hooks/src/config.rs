@@ -374,33 +374,36 @@ impl HooksSettings {
     ) -> Result<HookSet, HookConfigError> {
         let session_id = session_id.map_or_else(new_session_id, str::to_owned);
         let mut problems = Vec::new();
-        let audit_path = self.audit.as_ref().map(|(path, _)| base_dir.join(path));
-        let ledger_path = self
+        let audit_file = self
+            .audit
+            .as_ref()
+            .map(|(path, sync)| (path, base_dir.join(path), *sync));
+        let ledger = self
             .billing
             .as_ref()
             .and_then(|billing| billing.ledger.as_ref())
-            .map(|path| base_dir.join(path));
-        if let (Some(audit), Some(ledger)) = (&audit_path, &ledger_path)
+            .map(|path| (path, base_dir.join(path)));
+        if let (Some((audit_given, audit, _)), Some((ledger_given, ledger))) =
+            (&audit_file, &ledger)
             && same_file(audit, ledger)
         {
             return Err(HookConfigError::one(format!(
-                "hooks.audit.path and billing.ledger: both are {}; give each its own file",
+                "hooks.audit.path ({}) and billing.ledger ({}) are both {}; give each its own file",
+                audit_given.display(),
+                ledger_given.display(),
                 audit.display()
             )));
         }
+        let ledger_path = ledger.map(|(_, path)| path);
         let metrics = self
             .metrics
             .then(|| Arc::new(Metrics::with_prices(self.prices.clone())));
-        let audit = self
-            .audit
-            .as_ref()
-            .zip(audit_path)
-            .and_then(|((_, sync), path)| {
-                AuditLog::open_with(&path, *sync, session_id.clone(), self.prices.clone())
-                    .map_err(|error| problems.extend(error.problems().iter().cloned()))
-                    .ok()
-                    .map(Arc::new)
-            });
+        let audit = audit_file.and_then(|(_, path, sync)| {
+            AuditLog::open_with(&path, sync, session_id.clone(), self.prices.clone())
+                .map_err(|error| problems.extend(error.problems().iter().cloned()))
+                .ok()
+                .map(Arc::new)
+        });
         let billing = self.billing.as_ref().and_then(|settings| {
             let mut builder = Billing::builder()
                 .prices(self.prices.clone())

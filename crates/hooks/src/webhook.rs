@@ -496,7 +496,10 @@ impl Inner {
                 }
                 Ok(response) => {
                     let status = response.status();
-                    last_problem = if status.is_redirection() {
+                    // Only these say where the receiver went; 300 and 304
+                    // are not moves.
+                    let moved = matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308);
+                    last_problem = if moved {
                         self.moved(status, response.headers())
                     } else {
                         format!("{} answered {status}", self.shown_url)

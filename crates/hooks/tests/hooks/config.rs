@@ -277,7 +277,9 @@ async fn the_audit_log_and_the_ledger_cannot_share_a_file() {
             .unwrap();
     let error = settings.build(dir.path(), None).unwrap_err().to_string();
     assert!(
-        error.starts_with("hooks.audit.path and billing.ledger: both are"),
+        error.starts_with(
+            "hooks.audit.path (./events.jsonl) and billing.ledger (events.jsonl) are both"
+        ),
         "{error}"
     );
     assert!(error.contains("give each its own file"), "{error}");
@@ -293,13 +295,17 @@ async fn a_ledger_reached_through_dot_dot_is_the_same_file_as_the_audit_log() {
     let dir = tempfile::tempdir().unwrap();
     let error = settings.build(dir.path(), None).unwrap_err().to_string();
     assert!(
-        error.starts_with("hooks.audit.path and billing.ledger: both are"),
+        error.starts_with(
+            "hooks.audit.path (logs/../events.jsonl) and billing.ledger (events.jsonl) are both"
+        ),
         "{error}"
     );
     std::fs::create_dir(dir.path().join("logs")).unwrap();
     let error = settings.build(dir.path(), None).unwrap_err().to_string();
     assert!(
-        error.starts_with("hooks.audit.path and billing.ledger: both are"),
+        error.starts_with(
+            "hooks.audit.path (logs/../events.jsonl) and billing.ledger (events.jsonl) are both"
+        ),
         "{error}"
     );
     assert!(!dir.path().join("events.jsonl").exists());

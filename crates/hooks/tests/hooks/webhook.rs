@@ -326,3 +326,20 @@ async fn a_redirect_says_where_the_receiver_moved_without_its_secrets() {
     // Not retried: asking again would get the same answer.
     assert_eq!(server.received_requests().await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_3xx_that_is_not_a_move_is_reported_as_the_answer_it_is() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(304))
+        .mount(&server)
+        .await;
+    let webhook = fast(&server).blocking(true).build().unwrap();
+    let error = webhook
+        .on_subagent_start(&start_event("researcher"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("answered 304"), "{error}");
+    assert!(!error.contains("redirect"), "{error}");
+}
