@@ -7,26 +7,33 @@ use serde::Serializer;
 /// A part of a text, counted in characters (not bytes), so the offsets a
 /// model is told to ask for line up with what it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Window<'a> {
+pub struct Window<'a> {
     /// The part shown.
-    pub(crate) text: &'a str,
+    pub text: &'a str,
     /// Its first character.
-    pub(crate) start: usize,
+    pub start: usize,
     /// One past its last character.
-    pub(crate) end: usize,
+    pub end: usize,
     /// Characters in the whole text.
-    pub(crate) total: usize,
+    pub total: usize,
 }
 
 impl Window<'_> {
     /// Whether characters follow the part shown.
-    pub(crate) fn has_more(&self) -> bool {
+    pub fn has_more(&self) -> bool {
         self.end < self.total
     }
 }
 
-/// At most `max_chars` characters of `text`, starting at character `offset`.
-pub(crate) fn window(text: &str, offset: usize, max_chars: usize) -> Window<'_> {
+/// At most `max_chars` characters of `text`, starting at character
+/// `offset`: how a host cuts a result it hands to a model the way the
+/// runtime does.
+///
+/// ```
+/// let shown = deputy_agent::window("héllo wörld", 0, 5);
+/// assert_eq!((shown.text, shown.total, shown.has_more()), ("héllo", 11, true));
+/// ```
+pub fn window(text: &str, offset: usize, max_chars: usize) -> Window<'_> {
     let total = text.chars().count();
     let start = offset.min(total);
     let end = start.saturating_add(max_chars).min(total);

@@ -64,6 +64,7 @@ mod tool;
 pub use agent::{Agent, AgentBuilder, DEFAULT_MAX_TURNS, Subagents};
 pub use error::{AgentError, BuildError, RunError};
 pub use event::RunEvent;
+pub use format::{Window, window};
 pub use report::{RunOutput, RunReport, TaskSummary};
 pub use run::RunHandle;
 pub use runtime::{

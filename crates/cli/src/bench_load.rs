@@ -196,24 +196,20 @@ fn status_bytes(field: &str) -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-/// Peak resident memory over a stretch of a run, from the kernel's own
-/// high-water mark (`VmHWM`), so no peak between samples is missed and no
-/// sampler runs beside the load.
-struct RssPeak;
+/// Starts a stretch of a run whose peak resident memory
+/// [`peak_rss_bytes`] reads: the kernel's high-water mark (`VmHWM`) is
+/// reset to the resident memory now, by writing 5 to
+/// `/proc/self/clear_refs` (Linux 4.0 and later; proc(5)), so no peak
+/// between samples is missed and no sampler runs beside the load. Where
+/// that fails, the mark counts from the start of the process, which each
+/// load side has to itself.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
 
-impl RssPeak {
-    /// Starts the stretch: the high-water mark is reset to the resident
-    /// memory now, by writing 5 to `/proc/self/clear_refs` (Linux 4.0 and
-    /// later; proc(5)). Where that fails, the mark counts from the start of
-    /// the process, which each load side has to itself.
-    fn start() -> Self {
-        let _ = std::fs::write("/proc/self/clear_refs", "5");
-        Self
-    }
-
-    fn stop(self) -> u64 {
-        status_bytes("VmHWM:").max(rss_bytes())
-    }
+/// Peak resident memory since [`reset_peak_rss`], in bytes.
+fn peak_rss_bytes() -> u64 {
+    status_bytes("VmHWM:").max(rss_bytes())
 }
 
 /// The `quantile` of sorted `values` (nearest rank).
@@ -403,7 +399,7 @@ async fn run_stack(tasks: usize, cap: usize, latency_ms: u64) -> anyhow::Result<
     let hook_overhead = hook_overhead_us(&bench.stack, 2000).await?;
     let (events, recorder) = record_events(runtime.registry().subscribe());
     let rss_before = rss_bytes();
-    let peak = RssPeak::start();
+    reset_peak_rss();
     let began = Instant::now();
     let mut ids = Vec::with_capacity(tasks);
     for n in 0..tasks {
@@ -418,7 +414,7 @@ async fn run_stack(tasks: usize, cap: usize, latency_ms: u64) -> anyhow::Result<
         queue_waits.push(done.task.queued_for.as_secs_f64() * 1000.0);
     }
     let elapsed = began.elapsed();
-    let peak_rss = peak.stop();
+    let peak_rss = peak_rss_bytes();
     tokio::time::sleep(Duration::from_millis(50)).await;
     recorder.abort();
     bench.stack.shutdown(Duration::from_secs(10)).await;
@@ -438,7 +434,7 @@ async fn run_baseline(tasks: usize, cap: usize, latency: Duration) -> Figures {
     let marks: Arc<Mutex<Vec<(Instant, bool)>>> =
         Arc::new(Mutex::new(Vec::with_capacity(tasks * 2)));
     let rss_before = rss_bytes();
-    let peak = RssPeak::start();
+    reset_peak_rss();
     let began = Instant::now();
     let mut handles = Vec::with_capacity(tasks);
     for _ in 0..tasks {
@@ -471,7 +467,7 @@ async fn run_baseline(tasks: usize, cap: usize, latency: Duration) -> Figures {
         queue_waits.push(handle.await.unwrap_or_default().as_secs_f64() * 1000.0);
     }
     let elapsed = began.elapsed();
-    let peak_rss = peak.stop();
+    let peak_rss = peak_rss_bytes();
     // Marks in order: (time, true) for a start after a wait, (time, false)
     // for an end (or an unqueued start, which is skipped).
     let mut marks = marks.lock().clone();
@@ -595,7 +591,7 @@ pub(crate) async fn churn(
     let mut next_cap_change = Instant::now() + Duration::from_secs(2);
     let sample_every = Duration::from_secs(secs).div_f64(8.0);
     let mut next_sample = Instant::now() + sample_every;
-    let peak = RssPeak::start();
+    reset_peak_rss();
     let mut pending: HashSet<TaskId> = HashSet::new();
     while Instant::now() < deadline {
         // Keep about twice the cap in flight.
@@ -662,7 +658,7 @@ pub(crate) async fn churn(
         outcomes.add(task.status);
     }
     let elapsed = began.elapsed();
-    let peak_rss = peak.stop();
+    let peak_rss = peak_rss_bytes();
     let stats = registry.stats();
     let (starts, stops, unpaired) = audit_pairs(&bench.dir().join("audit.jsonl"))?;
     // Delivered results were evicted after their TTL or by max_finished;

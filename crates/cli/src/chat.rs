@@ -344,15 +344,20 @@ impl Session {
 /// earlier run's tasks, so the model is told the user can.
 fn background_result(task: &TaskSnapshot, max_chars: usize) -> String {
     let outcome = match (&task.output, &task.failure) {
-        (Some(output), _) => match output.char_indices().nth(max_chars) {
-            None => output.to_string(),
-            Some((end, _)) => format!(
-                "{}\n  [result cut: the first {max_chars} of {} characters; the user can read it whole with /wait {}]",
-                &output[..end],
-                output.chars().count(),
-                task.id.short()
-            ),
-        },
+        (Some(output), _) => {
+            let shown = deputy_agent::window(output, 0, max_chars);
+            if shown.has_more() {
+                format!(
+                    "{}\n  [result cut: the first {} of {} characters; the user can read it whole with /wait {}]",
+                    shown.text,
+                    shown.end,
+                    shown.total,
+                    task.id.short()
+                )
+            } else {
+                output.to_string()
+            }
+        }
         (None, Some(failure)) => failure.to_string(),
         (None, None) => "there is no result".to_owned(),
     };

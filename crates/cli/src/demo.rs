@@ -120,12 +120,14 @@ pub(crate) async fn demo(tasks: u16, cap: usize, work: Duration) -> anyhow::Resu
         }
     });
 
-    let outcome = registry.wait(root.id, None).await?;
+    let outcome = registry.wait(root.id, None).await;
     // Every task has ended after the shutdown, and each one's events were
-    // sent before it ended.
+    // sent before it ended. Done before the wait's error is returned, so
+    // no task or printer outlives the demo.
     registry.shutdown(Duration::from_secs(1)).await;
     ended.cancel();
     printer.await.context("the event printer failed")?;
+    let outcome = outcome?;
     let mut out = std::io::stdout().lock();
     match (
         outcome.task.status,

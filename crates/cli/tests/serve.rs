@@ -376,14 +376,14 @@ async fn a_full_registry_answers_429_and_bad_bodies_400_or_413() {
 }
 
 /// Runs going on at once are capped (64); one more is refused with 429
-/// until a run ends, which gives its place back.
+/// until a run ends (here, cancelled), which gives its place back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_past_the_cap_are_refused_until_one_ends() {
     let server = Server::start(
         r#"
 [providers.slow]
 kind = "scripted"
-latency_ms = 3000
+latency_ms = 60000
 
 [[providers.slow.turns]]
 text = "Done."
@@ -422,6 +422,12 @@ provider = "slow"
     );
 
     let first = first.unwrap();
+    let response = client
+        .delete(server.url(&format!("/v1/tasks/{first}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
     let (status, run) = get(
         &client,
         &server.url(&format!("/v1/runs/{first}?wait=true&timeout_ms=20000")),
@@ -429,7 +435,7 @@ provider = "slow"
     .await;
     assert_eq!(
         (status, &run["status"]),
-        (200, &json!("completed")),
+        (200, &json!("cancelled")),
         "{run}"
     );
     // The ending is recorded before the place is given back: wait for it.
