@@ -122,25 +122,26 @@ impl Floor {
             join: Mutex::new(None),
         });
         self.shard(id).lock().insert(id, cell.clone());
-        let shared = self.shared.clone();
-        let task_cell = cell.clone();
-        let join = tokio::spawn(async move {
-            let cell = task_cell;
-            // The work first: a task whose work is ready at once never
-            // registers with its token.
-            let output = tokio::select! {
-                biased;
-                output = work() => Some(Arc::<str>::from(output)),
-                () = cell.token.cancelled() => None,
-            };
-            {
-                let mut state = cell.state.lock();
-                state.output = output;
-                state.ended = Some(Instant::now());
-            }
-            cell.done.notify_waiters();
-            if shared.running.0.fetch_sub(1, Ordering::AcqRel) == 1 {
-                shared.idle.notify_waiters();
+        let join = tokio::spawn({
+            let shared = self.shared.clone();
+            let cell = cell.clone();
+            async move {
+                // The work first: a task whose work is ready at once never
+                // registers with its token.
+                let output = tokio::select! {
+                    biased;
+                    output = work() => Some(Arc::<str>::from(output)),
+                    () = cell.token.cancelled() => None,
+                };
+                {
+                    let mut state = cell.state.lock();
+                    state.output = output;
+                    state.ended = Some(Instant::now());
+                }
+                cell.done.notify_waiters();
+                if shared.running.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    shared.idle.notify_waiters();
+                }
             }
         });
         *cell.join.lock() = Some(join);
@@ -168,10 +169,12 @@ impl Floor {
     fn collect(&self, cell: &Cell) -> Option<TaskSnapshot> {
         let state = cell.state.lock();
         let ended = state.ended?;
-        drop(cell.join.lock().take());
+        // Taken here, dropped once `state` is released, as the registry
+        // drops its handles after its locks.
+        let join = cell.join.lock().take();
         let (epoch, epoch_at) = self.shared.epoch;
         let at = |instant: Instant| epoch_at + instant.saturating_duration_since(epoch);
-        Some(TaskSnapshot {
+        let snapshot = TaskSnapshot {
             id: cell.id,
             parent_id: None,
             agent: cell.agent.clone(),
@@ -194,7 +197,10 @@ impl Floor {
             queued_for: Duration::ZERO,
             run_time: Some(ended.saturating_duration_since(cell.created)),
             delivered: true,
-        })
+        };
+        drop(state);
+        drop(join);
+        Some(snapshot)
     }
 
     /// Waits until every task has ended.

@@ -41,6 +41,7 @@ const THROUGHPUT_TASKS: usize = 200_000;
 const HANDOFF_SAMPLES: usize = 20_000;
 const MEMORY_TASKS: usize = 100_000;
 const ROUNDS: usize = 3;
+const _: () = assert!(ROUNDS >= 1, "the best of no rounds is undefined");
 /// The cap of the throughput run where most tasks queue.
 const SMALL_CAP: usize = 64;
 
@@ -93,7 +94,10 @@ fn main() {
     if let Some(position) = args.iter().position(|arg| arg == MEMORY_CHILD_FLAG) {
         let bytes = match args.get(position + 1).map(String::as_str) {
             Some("registry") => runtime.block_on(registry_queued_memory()),
-            _ => runtime.block_on(baseline_queued_memory()),
+            Some("baseline") => runtime.block_on(baseline_queued_memory()),
+            other => panic!(
+                "unknown memory workload {other:?} after {MEMORY_CHILD_FLAG}; expected `registry` or `baseline`"
+            ),
         };
         println!("{bytes}");
         return;
@@ -110,17 +114,9 @@ fn main() {
     // from the same stretch of time as the others' and the machine's drift
     // does not favour whichever ran first.
     let room = THROUGHPUT_TASKS;
-    let mut best = Throughput::default();
-    for _ in 0..ROUNDS {
-        best.registry
-            .keep_faster(runtime.block_on(registry_run(room, room)));
-        best.floor.keep_faster(runtime.block_on(floor_run(room)));
-        best.baseline
-            .keep_faster(runtime.block_on(baseline_run(room, room)));
-        best.registry_small_cap
-            .keep_faster(runtime.block_on(registry_run(room, SMALL_CAP)));
-        best.baseline_small_cap
-            .keep_faster(runtime.block_on(baseline_run(room, SMALL_CAP)));
+    let mut best = Throughput::round(&runtime, room);
+    for _ in 1..ROUNDS {
+        best.keep_faster(Throughput::round(&runtime, room));
     }
     print_rate(room, "registry", best.registry, best.baseline);
     // The floor has no queue, so it runs only with room for all.
@@ -154,14 +150,38 @@ fn main() {
     println!("  baseline: {baseline_bytes:>6.0} bytes/task (a task parked on Semaphore::acquire)");
 }
 
-/// The fastest run of each throughput workload.
-#[derive(Default)]
+/// One run of each throughput workload: one round's, or the fastest of
+/// each across rounds.
 struct Throughput {
-    registry: Best,
-    floor: Best,
-    baseline: Best,
-    registry_small_cap: Best,
-    baseline_small_cap: Best,
+    registry: Run,
+    floor: Run,
+    baseline: Run,
+    registry_small_cap: Run,
+    baseline_small_cap: Run,
+}
+
+impl Throughput {
+    /// Runs each workload once, in this order.
+    fn round(runtime: &tokio::runtime::Runtime, room: usize) -> Self {
+        Self {
+            registry: runtime.block_on(registry_run(room, room)),
+            floor: runtime.block_on(floor_run(room)),
+            baseline: runtime.block_on(baseline_run(room, room)),
+            registry_small_cap: runtime.block_on(registry_run(room, SMALL_CAP)),
+            baseline_small_cap: runtime.block_on(baseline_run(room, SMALL_CAP)),
+        }
+    }
+
+    /// Keeps, for each workload, the faster of its run here and in `round`.
+    fn keep_faster(&mut self, round: Self) {
+        self.registry.keep_faster(round.registry);
+        self.floor.keep_faster(round.floor);
+        self.baseline.keep_faster(round.baseline);
+        self.registry_small_cap
+            .keep_faster(round.registry_small_cap);
+        self.baseline_small_cap
+            .keep_faster(round.baseline_small_cap);
+    }
 }
 
 /// One throughput run: how many tasks, and how long spawning them all and
@@ -174,6 +194,16 @@ struct Run {
 }
 
 impl Run {
+    /// A run of `tasks` that began at `started`, spent `spawning` spawning
+    /// and has just finished collecting.
+    fn finished(tasks: usize, started: Instant, spawning: Duration) -> Self {
+        Self {
+            tasks,
+            spawning,
+            collecting: started.elapsed() - spawning,
+        }
+    }
+
     fn rate(&self) -> f64 {
         self.tasks as f64 / (self.spawning + self.collecting).as_secs_f64()
     }
@@ -181,24 +211,16 @@ impl Run {
     fn micros_per_task(&self, phase: Duration) -> f64 {
         phase.as_secs_f64() * 1e6 / self.tasks as f64
     }
-}
 
-/// The fastest run seen so far.
-#[derive(Default, Clone, Copy)]
-struct Best(Option<Run>);
-
-impl Best {
+    /// Becomes `run` if that one was faster.
     fn keep_faster(&mut self, run: Run) {
-        if self.0.is_none_or(|best| run.rate() > best.rate()) {
-            self.0 = Some(run);
+        if run.rate() > self.rate() {
+            *self = run;
         }
     }
 }
 
-fn print_rate(cap: usize, name: &str, run: Best, baseline: Best) {
-    let (Some(run), Some(baseline)) = (run.0, baseline.0) else {
-        return;
-    };
+fn print_rate(cap: usize, name: &str, run: Run, baseline: Run) {
     let (rate, baseline_rate) = (run.rate(), baseline.rate());
     println!(
         "  cap {cap:>7}: {name:<8} {rate:>10.0} tasks/s   baseline {baseline_rate:>10.0} tasks/s   ratio {:.2}   overhead {:>5.2} us/task",
@@ -243,11 +265,7 @@ async fn registry_run(tasks: usize, cap: usize) -> Run {
     for id in ids {
         std::hint::black_box(registry.wait(id, None).await.unwrap());
     }
-    let run = Run {
-        tasks,
-        spawning,
-        collecting: started.elapsed() - spawning,
-    };
+    let run = Run::finished(tasks, started, spawning);
     registry.shutdown(Duration::from_secs(10)).await;
     run
 }
@@ -264,11 +282,7 @@ async fn floor_run(tasks: usize) -> Run {
     for id in ids {
         std::hint::black_box(floor.wait(id).await.unwrap());
     }
-    let run = Run {
-        tasks,
-        spawning,
-        collecting: started.elapsed() - spawning,
-    };
+    let run = Run::finished(tasks, started, spawning);
     floor.shutdown().await;
     run
 }
@@ -288,11 +302,7 @@ async fn baseline_run(tasks: usize, cap: usize) -> Run {
     for handle in handles {
         std::hint::black_box(handle.await.unwrap());
     }
-    Run {
-        tasks,
-        spawning,
-        collecting: started.elapsed() - spawning,
-    }
+    Run::finished(tasks, started, spawning)
 }
 
 /// Instructions per task for each workload on one thread, from the
